@@ -1,0 +1,62 @@
+// CommConfig: everything needed to create a Communicator, and how it is read from the
+// environment (torchrun-style variables, or mpirun's). This is the only place in Frugal that
+// reads the environment for communication settings. Plain value; thread-compatible.
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "core/status.h"
+
+namespace frugal {
+
+struct CommConfig {
+  // Backend name: "local", "gloo" or "mpi".
+  std::string backend = "gloo";
+
+  // This process's rank and the number of ranks. For "mpi" both come from MPI itself.
+  int rank = 0;
+  int world_size = 1;
+  // Rank within this host (LOCAL_RANK); informational.
+  int local_rank = 0;
+
+  // Rendezvous for "gloo". If master_addr is set, rank 0 hosts a TCP store on
+  // master_addr:master_port and the others connect to it (many hosts). Otherwise the ranks meet
+  // through a file store in store_path (one host, or a shared file system).
+  std::string master_addr;
+  int master_port = 29500;
+  std::string store_path;
+
+  // Network interface (e.g. "eth0", "veth3") or host name/address Gloo binds to; empty: the
+  // address the host name resolves to. Needed when ranks live in separate network namespaces.
+  std::string iface;
+  std::string hostname;
+
+  // Every operation (and the rendezvous) fails with an error after this long without progress.
+  int64_t timeout_ms = 60'000;
+
+  // Before each collective, exchange a small descriptor (operation, dtype, sizes) so that ranks
+  // that disagree get a clear error instead of a timeout or garbage. Costs one small allgather
+  // per collective on gloo and mpi; the local backend always checks, for free.
+  bool check_consistency = true;
+};
+
+// Reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (torchrun), FRUGAL_STORE_PATH,
+// FRUGAL_SOCKET_IFNAME (or GLOO_SOCKET_IFNAME), FRUGAL_TIMEOUT_MS and FRUGAL_BACKEND over the
+// defaults in `base`. Under mpirun (OMPI_COMM_WORLD_RANK is set) the backend defaults to "mpi".
+// `getenv` is injectable for tests. Returns InvalidArgument naming the variable for bad values,
+// e.g. RANK >= WORLD_SIZE or a port outside 1..65535.
+using EnvLookup = std::function<std::optional<std::string>(const std::string&)>;
+Result<CommConfig> comm_config_from_env(CommConfig base, const EnvLookup& getenv);
+Result<CommConfig> comm_config_from_env(CommConfig base);  // the process environment
+
+// True if this process was started by mpirun, or with torchrun-style RANK/WORLD_SIZE.
+bool launched_by_mpirun(const EnvLookup& getenv);
+bool launched_torchrun_style(const EnvLookup& getenv);
+EnvLookup process_env();
+
+// Checks ranges and combinations (rank < world_size, port range, timeout > 0, known backend).
+Status validate_comm_config(const CommConfig& config);
+
+}  // namespace frugal

@@ -1,0 +1,79 @@
+#include "comm/comm_config.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+
+namespace frugal {
+namespace {
+
+EnvLookup env(std::map<std::string, std::string> vars) {
+  return [vars](const std::string& name) -> std::optional<std::string> {
+    auto it = vars.find(name);
+    if (it == vars.end()) return std::nullopt;
+    return it->second;
+  };
+}
+
+TEST(CommConfig, ReadsTorchrunVariables) {
+  auto config = comm_config_from_env(CommConfig{}, env({{"RANK", "3"},
+                                                        {"WORLD_SIZE", "8"},
+                                                        {"LOCAL_RANK", "1"},
+                                                        {"MASTER_ADDR", "10.0.0.1"},
+                                                        {"MASTER_PORT", "1234"},
+                                                        {"GLOO_SOCKET_IFNAME", "eth1"}}));
+  ASSERT_TRUE(config.is_ok()) << config.status().to_string();
+  EXPECT_EQ(config->rank, 3);
+  EXPECT_EQ(config->world_size, 8);
+  EXPECT_EQ(config->local_rank, 1);
+  EXPECT_EQ(config->master_addr, "10.0.0.1");
+  EXPECT_EQ(config->master_port, 1234);
+  EXPECT_EQ(config->iface, "eth1");
+  EXPECT_EQ(config->backend, "gloo");
+}
+
+TEST(CommConfig, FrugalIfnameWinsOverGloos) {
+  auto config = comm_config_from_env(
+      CommConfig{}, env({{"GLOO_SOCKET_IFNAME", "eth1"}, {"FRUGAL_SOCKET_IFNAME", "veth0"}}));
+  ASSERT_TRUE(config.is_ok());
+  EXPECT_EQ(config->iface, "veth0");
+}
+
+TEST(CommConfig, MpirunSelectsMpi) {
+  auto config = comm_config_from_env(CommConfig{}, env({{"OMPI_COMM_WORLD_RANK", "0"}}));
+  ASSERT_TRUE(config.is_ok());
+  EXPECT_EQ(config->backend, "mpi");
+}
+
+TEST(CommConfig, RankOutOfRangeNamesTheValidRange) {
+  auto config = comm_config_from_env(CommConfig{}, env({{"RANK", "4"}, {"WORLD_SIZE", "4"}}));
+  ASSERT_FALSE(config.is_ok());
+  EXPECT_EQ(config.status().message(), "RANK=4 is out of range for WORLD_SIZE=4; valid: 0..3");
+}
+
+TEST(CommConfig, RejectsBadValues) {
+  struct Bad {
+    std::map<std::string, std::string> vars;
+    std::string message_part;
+  };
+  std::vector<Bad> cases = {
+      {{{"RANK", "x"}, {"WORLD_SIZE", "2"}}, "RANK='x' is not an integer"},
+      {{{"RANK", "0"}}, "RANK and WORLD_SIZE must be set together"},
+      {{{"RANK", "0"}, {"WORLD_SIZE", "0"}}, "WORLD_SIZE=0 is invalid"},
+      {{{"RANK", "-1"}, {"WORLD_SIZE", "2"}}, "RANK=-1 is out of range"},
+      {{{"MASTER_PORT", "70000"}}, "MASTER_PORT=70000 is invalid; valid: 1..65535"},
+      {{{"FRUGAL_TIMEOUT_MS", "0"}}, "must be > 0"},
+      {{{"FRUGAL_BACKEND", "nccl"}}, "unknown backend 'nccl'; valid: local, gloo, mpi"},
+      {{{"WORLD_SIZE", "99999999999"}, {"RANK", "0"}}, "WORLD_SIZE"},
+  };
+  for (const Bad& bad : cases) {
+    auto config = comm_config_from_env(CommConfig{}, env(bad.vars));
+    ASSERT_FALSE(config.is_ok()) << bad.message_part;
+    EXPECT_EQ(config.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(config.status().message().find(bad.message_part), std::string::npos)
+        << config.status().message();
+  }
+}
+
+}  // namespace
+}  // namespace frugal
