@@ -17,18 +17,32 @@
 namespace frugal::detail {
 namespace {
 
-enum class OpCode : uint32_t { kAllreduce = 1, kAllgather, kAllgatherv, kBroadcast, kAlltoallv,
-                               kBarrier, kSplit };
+enum class OpCode : uint32_t {
+  kAllreduce = 1,
+  kAllgather,
+  kAllgatherv,
+  kBroadcast,
+  kAlltoallv,
+  kBarrier,
+  kSplit
+};
 
 std::string_view op_name(OpCode op) {
   switch (op) {
-    case OpCode::kAllreduce: return "allreduce";
-    case OpCode::kAllgather: return "allgather";
-    case OpCode::kAllgatherv: return "allgatherv";
-    case OpCode::kBroadcast: return "broadcast";
-    case OpCode::kAlltoallv: return "alltoallv";
-    case OpCode::kBarrier: return "barrier";
-    case OpCode::kSplit: return "split";
+    case OpCode::kAllreduce:
+      return "allreduce";
+    case OpCode::kAllgather:
+      return "allgather";
+    case OpCode::kAllgatherv:
+      return "allgatherv";
+    case OpCode::kBroadcast:
+      return "broadcast";
+    case OpCode::kAlltoallv:
+      return "alltoallv";
+    case OpCode::kBarrier:
+      return "barrier";
+    case OpCode::kSplit:
+      return "split";
   }
   return "?";
 }
@@ -39,17 +53,16 @@ struct Descriptor {
   uint8_t dtype = 0;
   uint8_t reduce = 0;
   uint16_t padding = 0;
-  int64_t root = 0;         // broadcast root
-  uint64_t size = 0;        // elements (allreduce) or bytes per rank (allgather, broadcast)
-  uint64_t counts_hash = 0; // allgatherv counts
+  int64_t root = 0;          // broadcast root
+  uint64_t size = 0;         // elements (allreduce) or bytes per rank (allgather, broadcast)
+  uint64_t counts_hash = 0;  // allgatherv counts
   uint64_t reserved = 0;
 };
 static_assert(sizeof(Descriptor) == 48);
 
 bool same_call(const Descriptor& a, const Descriptor& b) {
-  return a.sequence == b.sequence && a.op == b.op && a.dtype == b.dtype &&
-         a.reduce == b.reduce && a.root == b.root && a.size == b.size &&
-         a.counts_hash == b.counts_hash;
+  return a.sequence == b.sequence && a.op == b.op && a.dtype == b.dtype && a.reduce == b.reduce &&
+         a.root == b.root && a.size == b.size && a.counts_hash == b.counts_hash;
 }
 
 std::string describe(const Descriptor& d) {
@@ -167,8 +180,8 @@ class CheckedCommunicator final : public Communicator {
     FRUGAL_RETURN_IF_ERROR(inner_->allgather(bytes_of(std::as_const(mine)), bytes_of(all)));
     for (size_t i = 0; i < n; ++i) {
       for (size_t j = 0; j < n; ++j) {
-        uint64_t sent = all[i * 2 * n + j];           // rank i sends to j
-        uint64_t expected = all[j * 2 * n + n + i];   // rank j expects from i
+        uint64_t sent = all[i * 2 * n + j];          // rank i sends to j
+        uint64_t expected = all[j * 2 * n + n + i];  // rank j expects from i
         if (sent != expected) {
           return invalid_argument("alltoallv #" + std::to_string(sequence_) + ": rank " +
                                   std::to_string(i) + " sends " + std::to_string(sent) +

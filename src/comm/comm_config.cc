@@ -14,8 +14,7 @@ Result<int64_t> parse_integer(const std::string& name, const std::string& text) 
   int64_t value = 0;
   auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
   if (error != std::errc() || end != text.data() + text.size()) {
-    return invalid_argument("environment variable " + name + "='" + text +
-                            "' is not an integer");
+    return invalid_argument("environment variable " + name + "='" + text + "' is not an integer");
   }
   return value;
 }
@@ -89,9 +88,9 @@ Status validate_comm_config(const CommConfig& config) {
                             " is invalid; it must be >= 1");
   }
   if (config.rank < 0 || config.rank >= config.world_size) {
-    return invalid_argument("RANK=" + std::to_string(config.rank) + " is out of range for WORLD_SIZE=" +
-                            std::to_string(config.world_size) + "; valid: 0.." +
-                            std::to_string(config.world_size - 1));
+    return invalid_argument("RANK=" + std::to_string(config.rank) +
+                            " is out of range for WORLD_SIZE=" + std::to_string(config.world_size) +
+                            "; valid: 0.." + std::to_string(config.world_size - 1));
   }
   if (config.local_rank < 0) {
     return invalid_argument("LOCAL_RANK=" + std::to_string(config.local_rank) +

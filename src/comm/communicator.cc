@@ -19,10 +19,14 @@ size_t sum(std::span<const size_t> counts) {
 
 std::string_view reduce_op_name(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kSum: return "sum";
-    case ReduceOp::kAvg: return "avg";
-    case ReduceOp::kMax: return "max";
-    case ReduceOp::kMin: return "min";
+    case ReduceOp::kSum:
+      return "sum";
+    case ReduceOp::kAvg:
+      return "avg";
+    case ReduceOp::kMax:
+      return "max";
+    case ReduceOp::kMin:
+      return "min";
   }
   return "?";
 }
@@ -48,23 +52,22 @@ Status check_allgather_args(const Communicator& comm, ConstBytes in, MutableByte
   return Status::ok();
 }
 
-Status check_allgatherv_args(const Communicator& comm, ConstBytes in, std::span<const size_t> counts,
-                             MutableBytes out) {
+Status check_allgatherv_args(const Communicator& comm, ConstBytes in,
+                             std::span<const size_t> counts, MutableBytes out) {
   if (counts.size() != static_cast<size_t>(comm.size())) {
     return invalid_argument(where(comm, "allgatherv") + ": " + std::to_string(counts.size()) +
-                            " counts given, expected one per rank (" +
-                            std::to_string(comm.size()) + ")");
+                            " counts given, expected one per rank (" + std::to_string(comm.size()) +
+                            ")");
   }
   if (in.size() != counts[comm.rank()]) {
-    return invalid_argument(where(comm, "allgatherv") + ": input has " +
-                            std::to_string(in.size()) + " bytes but counts[" +
-                            std::to_string(comm.rank()) + "] = " +
-                            std::to_string(counts[comm.rank()]));
+    return invalid_argument(where(comm, "allgatherv") + ": input has " + std::to_string(in.size()) +
+                            " bytes but counts[" + std::to_string(comm.rank()) +
+                            "] = " + std::to_string(counts[comm.rank()]));
   }
   if (out.size() != sum(counts)) {
     return invalid_argument(where(comm, "allgatherv") + ": output has " +
-                            std::to_string(out.size()) + " bytes, expected sum(counts) = " +
-                            std::to_string(sum(counts)));
+                            std::to_string(out.size()) +
+                            " bytes, expected sum(counts) = " + std::to_string(sum(counts)));
   }
   return Status::ok();
 }
@@ -87,11 +90,10 @@ Status check_alltoallv_args(const Communicator& comm, ConstBytes in,
                             " receive counts given, expected " + std::to_string(n) + " of each");
   }
   if (in.size() != sum(send_counts) || out.size() != sum(recv_counts)) {
-    return invalid_argument(where(comm, "alltoallv") + ": buffers of " +
-                            std::to_string(in.size()) + " / " + std::to_string(out.size()) +
-                            " bytes do not match the count sums " +
-                            std::to_string(sum(send_counts)) + " / " +
-                            std::to_string(sum(recv_counts)));
+    return invalid_argument(
+        where(comm, "alltoallv") + ": buffers of " + std::to_string(in.size()) + " / " +
+        std::to_string(out.size()) + " bytes do not match the count sums " +
+        std::to_string(sum(send_counts)) + " / " + std::to_string(sum(recv_counts)));
   }
   return Status::ok();
 }

@@ -77,8 +77,8 @@ class Communicator {
 // returns InvalidArgument naming the operation, the rank and what was expected.
 Status check_allreduce_args(const Communicator& comm, const MutableView& buf, ReduceOp op);
 Status check_allgather_args(const Communicator& comm, ConstBytes in, MutableBytes out);
-Status check_allgatherv_args(const Communicator& comm, ConstBytes in, std::span<const size_t> counts,
-                             MutableBytes out);
+Status check_allgatherv_args(const Communicator& comm, ConstBytes in,
+                             std::span<const size_t> counts, MutableBytes out);
 Status check_broadcast_args(const Communicator& comm, int root);
 Status check_alltoallv_args(const Communicator& comm, ConstBytes in,
                             std::span<const size_t> send_counts, MutableBytes out,

@@ -13,18 +13,22 @@ struct Case {
   int world_size;
 };
 
+void PrintTo(const Case& c, std::ostream* out) { *out << c.backend << " x" << c.world_size; }
+
 class ConformanceTest : public ::testing::TestWithParam<Case> {};
 
 TEST_P(ConformanceTest, AllOperations) {
-  testing::run_in_process_ranks(GetParam().backend, GetParam().world_size, 30'000,
-                                [](Communicator& comm) { testing::check_all_operations(comm, false); });
+  testing::run_in_process_ranks(
+      GetParam().backend, GetParam().world_size, 30'000,
+      [](Communicator& comm) { testing::check_all_operations(comm, false); });
 }
 
 TEST_P(ConformanceTest, LargeBuffers) {
-  testing::run_in_process_ranks(GetParam().backend, GetParam().world_size, 60'000, [](Communicator& comm) {
-    testing::check_allreduce(comm, DType::kF32, ReduceOp::kSum, 16u << 20);  // 64 MiB
-    testing::check_allgatherv(comm, 1, 64u << 20, UINT32_MAX);               // 64 MiB per rank
-  });
+  testing::run_in_process_ranks(
+      GetParam().backend, GetParam().world_size, 60'000, [](Communicator& comm) {
+        testing::check_allreduce(comm, DType::kF32, ReduceOp::kSum, 16u << 20);  // 64 MiB
+        testing::check_allgatherv(comm, 1, 64u << 20, UINT32_MAX);               // 64 MiB per rank
+      });
 }
 
 TEST_P(ConformanceTest, SplitGroupsAreIndependent) {

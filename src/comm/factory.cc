@@ -22,9 +22,9 @@ Result<std::unique_ptr<Communicator>> make_communicator(const CommConfig& config
     FRUGAL_ASSIGN_OR_RETURN(auto group, make_local_group(1, config.timeout_ms));
     return std::move(group.front());
   }
-  Result<std::unique_ptr<Communicator>> made =
-      config.backend == "gloo" ? detail::make_gloo_communicator(config)
-                               : detail::make_mpi_communicator(config);
+  Result<std::unique_ptr<Communicator>> made = config.backend == "gloo"
+                                                   ? detail::make_gloo_communicator(config)
+                                                   : detail::make_mpi_communicator(config);
   if (!made.is_ok() || !config.check_consistency) return made;
   return detail::make_checked_communicator(std::move(made).value());
 }

@@ -22,6 +22,6 @@ Result<std::unique_ptr<Communicator>> make_communicator(const CommConfig& config
 
 // Creates `world_size` connected communicators of the "local" backend, one per thread-rank.
 Result<std::vector<std::unique_ptr<Communicator>>> make_local_group(int world_size,
-                                                                     int64_t timeout_ms);
+                                                                    int64_t timeout_ms);
 
 }  // namespace frugal

@@ -79,6 +79,8 @@ std::vector<char*> c_strings(std::vector<std::string>& strings) {
 
 }  // namespace
 
+std::string mpiexec_path() { return FRUGAL_MPIEXEC_PATH; }
+
 std::string self_executable() {
   std::error_code error;
   auto path = std::filesystem::read_symlink("/proc/self/exe", error);

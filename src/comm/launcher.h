@@ -38,6 +38,9 @@ struct RankExit {
 // the parent was interrupted.
 Status launch_local_ranks(const LaunchOptions& options, std::vector<RankExit>* exits = nullptr);
 
+// Path of the mpirun found when Frugal was built, or "" if it was built without MPI.
+std::string mpiexec_path();
+
 // Path of the running executable (/proc/self/exe), for re-launching oneself as the ranks.
 std::string self_executable();
 

@@ -27,7 +27,8 @@ TEST(Launcher, AllRanksSucceed) {
   options.log_dir = testing::make_temp_dir("frugal-launch");
   std::vector<RankExit> exits;
   Status status = launch_local_ranks(options, &exits);
-  EXPECT_TRUE(status.is_ok()) << status.to_string() << "\n" << read_file(options.log_dir + "/rank0.log");
+  EXPECT_TRUE(status.is_ok()) << status.to_string() << "\n"
+                              << read_file(options.log_dir + "/rank0.log");
   for (const RankExit& e : exits) EXPECT_EQ(e.exit_code, 0);
   EXPECT_NE(read_file(options.log_dir + "/rank2.log").find("3 allreduces ok"), std::string::npos);
   std::filesystem::remove_all(options.log_dir);

@@ -69,9 +69,9 @@ class LocalWorld {
         for (int r = 0; r < size_; ++r) {
           if (arrived_[r] < phase) missing += (missing.empty() ? "" : ", ") + std::to_string(r);
         }
-        return break_world(deadline_exceeded(
-            what + " on rank " + std::to_string(rank) + ": rank(s) " + missing +
-            " did not join within " + std::to_string(timeout_.count()) + " ms"));
+        return break_world(deadline_exceeded(what + " on rank " + std::to_string(rank) +
+                                             ": rank(s) " + missing + " did not join within " +
+                                             std::to_string(timeout_.count()) + " ms"));
       }
     }
     return Status::ok();
@@ -159,7 +159,9 @@ std::vector<std::byte> reduce_chunk(LocalWorld& world, DType dtype, ReduceOp op,
     if (op == ReduceOp::kAvg) scale_in_place(result.data(), n, dtype, world.size());
     return result;
   }
-  auto widen = [dtype](uint16_t h) { return dtype == DType::kF16 ? f16_to_f32(h) : bf16_to_f32(h); };
+  auto widen = [dtype](uint16_t h) {
+    return dtype == DType::kF16 ? f16_to_f32(h) : bf16_to_f32(h);
+  };
   std::vector<float> acc(n);
   for (int r = 0; r < world.size(); ++r) {
     const auto* src = reinterpret_cast<const uint16_t*>(world.post(r).out) + begin;
@@ -357,7 +359,7 @@ Result<std::unique_ptr<Communicator>> LocalCommunicator::split(int color, int ke
 namespace frugal {
 
 Result<std::vector<std::unique_ptr<Communicator>>> make_local_group(int world_size,
-                                                                     int64_t timeout_ms) {
+                                                                    int64_t timeout_ms) {
   if (world_size < 1) {
     return invalid_argument("local group of " + std::to_string(world_size) +
                             " ranks; it needs at least 1");

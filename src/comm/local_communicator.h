@@ -43,7 +43,7 @@ class LocalCommunicator final : public Communicator {
   uint64_t phase_ = 0;       // phases this rank has passed; all ranks pass the same sequence
   uint64_t operations_ = 0;  // collectives called, for error messages ("allreduce #12")
   uint64_t splits_ = 0;
-  std::string what_;         // the current collective, for error messages
+  std::string what_;  // the current collective, for error messages
 };
 
 }  // namespace frugal::detail

@@ -86,7 +86,8 @@ TEST(LocalCommunicator, MismatchedOperationsAreRejected) {
   std::thread b([&] { results[1] = allreduce_floats(*comms[1], 4); });
   a.join();
   b.join();
-  for (const Status& s : results) EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.to_string();
+  for (const Status& s : results)
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.to_string();
 }
 
 TEST(LocalCommunicator, LocalArgumentErrors) {

@@ -86,8 +86,10 @@ void reduce_elements(void* out, const void* a, const void* b, size_t count, DTyp
 
 void scale_in_place(void* buf, size_t count, DType dtype, double divisor) {
   switch (dtype) {
-    case DType::kF32: return scale_typed(static_cast<float*>(buf), count, divisor);
-    case DType::kF64: return scale_typed(static_cast<double*>(buf), count, divisor);
+    case DType::kF32:
+      return scale_typed(static_cast<float*>(buf), count, divisor);
+    case DType::kF64:
+      return scale_typed(static_cast<double*>(buf), count, divisor);
     case DType::kF16:
     case DType::kBF16: {
       auto* h = static_cast<uint16_t*>(buf);

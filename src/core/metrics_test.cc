@@ -9,7 +9,8 @@ namespace frugal {
 namespace {
 
 TEST(MetricsSink, AppendsOneJsonObjectPerLine) {
-  std::string path = (std::filesystem::temp_directory_path() / "frugal_metrics_test.jsonl").string();
+  std::string path =
+      (std::filesystem::temp_directory_path() / "frugal_metrics_test.jsonl").string();
   std::filesystem::remove(path);
   {
     auto sink = MetricsSink::open(path);

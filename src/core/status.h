@@ -20,16 +20,16 @@ namespace frugal {
 
 enum class StatusCode {
   kOk = 0,
-  kInvalidArgument,   // bad flag, config, shape, spec string: the caller can fix it
-  kNotFound,          // a file, key or name that does not exist
-  kOutOfRange,        // an index, size or value beyond what is valid
+  kInvalidArgument,     // bad flag, config, shape, spec string: the caller can fix it
+  kNotFound,            // a file, key or name that does not exist
+  kOutOfRange,          // an index, size or value beyond what is valid
   kFailedPrecondition,  // the system is not in a state where the call can run
-  kDeadlineExceeded,  // a timeout: a peer did not answer in time
-  kUnavailable,       // a peer died or a connection broke
-  kDataLoss,          // corrupt or truncated data
-  kAborted,           // cancelled, e.g. by Ctrl-C or another rank's failure
-  kUnimplemented,     // not built in or not supported
-  kInternal,          // a bug, or an unexpected library error
+  kDeadlineExceeded,    // a timeout: a peer did not answer in time
+  kUnavailable,         // a peer died or a connection broke
+  kDataLoss,            // corrupt or truncated data
+  kAborted,             // cancelled, e.g. by Ctrl-C or another rank's failure
+  kUnimplemented,       // not built in or not supported
+  kInternal,            // a bug, or an unexpected library error
 };
 
 std::string_view status_code_name(StatusCode code);
@@ -56,7 +56,9 @@ class [[nodiscard]] Status {
   std::string message_;
 };
 
-inline Status invalid_argument(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
+inline Status invalid_argument(std::string m) {
+  return {StatusCode::kInvalidArgument, std::move(m)};
+}
 inline Status not_found(std::string m) { return {StatusCode::kNotFound, std::move(m)}; }
 inline Status out_of_range(std::string m) { return {StatusCode::kOutOfRange, std::move(m)}; }
 inline Status failed_precondition(std::string m) {
@@ -75,7 +77,7 @@ inline Status internal_error(std::string m) { return {StatusCode::kInternal, std
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : state_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : state_(std::move(value)) {}        // NOLINT: implicit by design
   Result(Status status) : state_(std::move(status)) {  // NOLINT: implicit by design
     if (std::get<Status>(state_).is_ok()) {
       state_ = Status(StatusCode::kInternal, "Result constructed from an OK status");
@@ -106,9 +108,9 @@ class [[nodiscard]] Result {
 #define FRUGAL_CONCAT(a, b) FRUGAL_CONCAT_INNER(a, b)
 
 // Returns from the enclosing function if `expr` (a Status) is not OK.
-#define FRUGAL_RETURN_IF_ERROR(expr)                  \
-  do {                                                \
-    ::frugal::Status frugal_status_ = (expr);         \
+#define FRUGAL_RETURN_IF_ERROR(expr)                    \
+  do {                                                  \
+    ::frugal::Status frugal_status_ = (expr);           \
     if (!frugal_status_.is_ok()) return frugal_status_; \
   } while (0)
 
@@ -121,7 +123,7 @@ class [[nodiscard]] Result {
   lhs = std::move(tmp).value()
 
 // Aborts with a message when an internal invariant (not user input) is violated.
-#define FRUGAL_CHECK(cond, message)                                             \
-  do {                                                                          \
-    if (!(cond)) ::frugal::check_failed(__FILE__, __LINE__, #cond, (message));  \
+#define FRUGAL_CHECK(cond, message)                                            \
+  do {                                                                         \
+    if (!(cond)) ::frugal::check_failed(__FILE__, __LINE__, #cond, (message)); \
   } while (0)

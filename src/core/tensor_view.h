@@ -45,7 +45,9 @@ using ConstView = BasicView<const void*>;
 using MutableView = BasicView<void*>;
 
 // A flat 1-D view of `count` elements.
-inline MutableView flat_view(void* data, DType dtype, int64_t count) { return {data, dtype, {count}}; }
+inline MutableView flat_view(void* data, DType dtype, int64_t count) {
+  return {data, dtype, {count}};
+}
 inline ConstView flat_view(const void* data, DType dtype, int64_t count) {
   return {data, dtype, {count}};
 }

@@ -40,7 +40,7 @@ std::string Timeline::to_json() const {
                    {"args", {{"name", "rank " + std::to_string(rank_)}}}});
   std::lock_guard lock(mutex_);
   for (const TraceEvent& e : events_) {
-    nlohmann::json event = {{"name", e.name}, {"ph", "X"},     {"ts", e.start_us},
+    nlohmann::json event = {{"name", e.name},       {"ph", "X"},    {"ts", e.start_us},
                             {"dur", e.duration_us}, {"pid", rank_}, {"tid", e.lane}};
     if (!e.detail.empty()) event["args"] = {{"detail", e.detail}};
     array.push_back(std::move(event));
@@ -56,7 +56,8 @@ Status write_chrome_trace(const std::string& path, std::span<const std::string> 
     for (auto& e : events) all.push_back(std::move(e));
   }
   std::ofstream out(path, std::ios::trunc);
-  if (!out) return invalid_argument("cannot open trace file '" + path + "': " + std::strerror(errno));
+  if (!out)
+    return invalid_argument("cannot open trace file '" + path + "': " + std::strerror(errno));
   out << nlohmann::json{{"traceEvents", std::move(all)}, {"displayTimeUnit", "ms"}}.dump() << '\n';
   out.flush();
   if (!out) return unavailable("cannot write trace file '" + path + "'");

@@ -29,11 +29,11 @@ inline constexpr std::string_view kPersist = "PERSIST";
 }  // namespace phase
 
 struct TraceEvent {
-  std::string name;   // phase, e.g. "COMM"
-  std::string detail; // free text shown in the event's args, e.g. "bucket 3, 4.0 MiB"
+  std::string name;    // phase, e.g. "COMM"
+  std::string detail;  // free text shown in the event's args, e.g. "bucket 3, 4.0 MiB"
   int64_t start_us = 0;
   int64_t duration_us = 0;
-  int lane = 0;       // a row within the rank (shown as the thread id), e.g. 0 = training thread
+  int lane = 0;  // a row within the rank (shown as the thread id), e.g. 0 = training thread
 };
 
 class Timeline {
@@ -72,7 +72,8 @@ class ScopedTraceEvent {
         detail_(std::move(detail)),
         start_us_(timeline_ ? now_us() : 0) {}
   ~ScopedTraceEvent() {
-    if (timeline_) timeline_->record(name_, start_us_, now_us() - start_us_, lane_, std::move(detail_));
+    if (timeline_)
+      timeline_->record(name_, start_us_, now_us() - start_us_, lane_, std::move(detail_));
   }
   ScopedTraceEvent(const ScopedTraceEvent&) = delete;
   ScopedTraceEvent& operator=(const ScopedTraceEvent&) = delete;

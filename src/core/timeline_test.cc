@@ -13,7 +13,8 @@ TEST(Timeline, WritesChromeTraceOfSeveralRanks) {
   Timeline rank0(0, true), rank1(1, true);
   rank0.record(phase::kComm, 100, 50, 1, "bucket 0");
   { ScopedTraceEvent event(&rank1, phase::kCompress); }
-  std::string path = (std::filesystem::temp_directory_path() / "frugal_timeline_test.json").string();
+  std::string path =
+      (std::filesystem::temp_directory_path() / "frugal_timeline_test.json").string();
   std::vector<std::string> arrays = {rank0.to_json(), rank1.to_json()};
   ASSERT_TRUE(write_chrome_trace(path, arrays).is_ok());
   std::ifstream in(path);

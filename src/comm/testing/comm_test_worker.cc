@@ -25,7 +25,8 @@ int fail(const frugal::Status& status) {
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty()) {
-    std::fprintf(stderr, "usage: comm_test_worker allreduce-loop N | die-in-loop N RANK AT | join-only\n");
+    std::fprintf(stderr,
+                 "usage: comm_test_worker allreduce-loop N | die-in-loop N RANK AT | join-only\n");
     return 2;
   }
   auto config = frugal::comm_config_from_env(frugal::CommConfig{});
@@ -39,14 +40,15 @@ int main(int argc, char** argv) {
   if (args[0] == "join-only") return 0;
 
   const int iterations = args.size() > 1 ? std::atoi(args[1].c_str()) : 10;
-  const int die_rank = args[0] == "die-in-loop" && args.size() > 3 ? std::atoi(args[2].c_str()) : -1;
+  const int die_rank =
+      args[0] == "die-in-loop" && args.size() > 3 ? std::atoi(args[2].c_str()) : -1;
   const int die_at = args[0] == "die-in-loop" && args.size() > 3 ? std::atoi(args[3].c_str()) : -1;
   std::vector<float> values(1 << 20);
   for (int it = 0; it < iterations; ++it) {
     if (comm.rank() == die_rank && it == die_at) raise(SIGKILL);
     std::fill(values.begin(), values.end(), static_cast<float>(comm.rank() + 1));
-    frugal::MutableView view{values.data(), frugal::DType::kF32,
-                             {static_cast<int64_t>(values.size())}};
+    frugal::MutableView view{
+        values.data(), frugal::DType::kF32, {static_cast<int64_t>(values.size())}};
     if (auto status = comm.allreduce(view, frugal::ReduceOp::kSum); !status.is_ok()) {
       return fail(status);
     }

@@ -22,26 +22,80 @@ float fractional_value(int rank, size_t i) {
 void store(std::vector<std::byte>& buf, DType dtype, size_t i, double value) {
   std::byte* p = buf.data() + i * dtype_size(dtype);
   switch (dtype) {
-    case DType::kF32: { float v = static_cast<float>(value); std::memcpy(p, &v, 4); return; }
-    case DType::kF64: std::memcpy(p, &value, 8); return;
-    case DType::kF16: { uint16_t h = f32_to_f16(static_cast<float>(value)); std::memcpy(p, &h, 2); return; }
-    case DType::kBF16: { uint16_t h = f32_to_bf16(static_cast<float>(value)); std::memcpy(p, &h, 2); return; }
-    case DType::kI32: { int32_t v = static_cast<int32_t>(value); std::memcpy(p, &v, 4); return; }
-    case DType::kI64: { int64_t v = static_cast<int64_t>(value); std::memcpy(p, &v, 8); return; }
-    case DType::kU8: { uint8_t v = static_cast<uint8_t>(value); std::memcpy(p, &v, 1); return; }
+    case DType::kF32: {
+      float v = static_cast<float>(value);
+      std::memcpy(p, &v, 4);
+      return;
+    }
+    case DType::kF64:
+      std::memcpy(p, &value, 8);
+      return;
+    case DType::kF16: {
+      uint16_t h = f32_to_f16(static_cast<float>(value));
+      std::memcpy(p, &h, 2);
+      return;
+    }
+    case DType::kBF16: {
+      uint16_t h = f32_to_bf16(static_cast<float>(value));
+      std::memcpy(p, &h, 2);
+      return;
+    }
+    case DType::kI32: {
+      int32_t v = static_cast<int32_t>(value);
+      std::memcpy(p, &v, 4);
+      return;
+    }
+    case DType::kI64: {
+      int64_t v = static_cast<int64_t>(value);
+      std::memcpy(p, &v, 8);
+      return;
+    }
+    case DType::kU8: {
+      uint8_t v = static_cast<uint8_t>(value);
+      std::memcpy(p, &v, 1);
+      return;
+    }
   }
 }
 
 double load(const std::vector<std::byte>& buf, DType dtype, size_t i) {
   const std::byte* p = buf.data() + i * dtype_size(dtype);
   switch (dtype) {
-    case DType::kF32: { float v; std::memcpy(&v, p, 4); return v; }
-    case DType::kF64: { double v; std::memcpy(&v, p, 8); return v; }
-    case DType::kF16: { uint16_t h; std::memcpy(&h, p, 2); return f16_to_f32(h); }
-    case DType::kBF16: { uint16_t h; std::memcpy(&h, p, 2); return bf16_to_f32(h); }
-    case DType::kI32: { int32_t v; std::memcpy(&v, p, 4); return v; }
-    case DType::kI64: { int64_t v; std::memcpy(&v, p, 8); return static_cast<double>(v); }
-    case DType::kU8: { uint8_t v; std::memcpy(&v, p, 1); return v; }
+    case DType::kF32: {
+      float v;
+      std::memcpy(&v, p, 4);
+      return v;
+    }
+    case DType::kF64: {
+      double v;
+      std::memcpy(&v, p, 8);
+      return v;
+    }
+    case DType::kF16: {
+      uint16_t h;
+      std::memcpy(&h, p, 2);
+      return f16_to_f32(h);
+    }
+    case DType::kBF16: {
+      uint16_t h;
+      std::memcpy(&h, p, 2);
+      return bf16_to_f32(h);
+    }
+    case DType::kI32: {
+      int32_t v;
+      std::memcpy(&v, p, 4);
+      return v;
+    }
+    case DType::kI64: {
+      int64_t v;
+      std::memcpy(&v, p, 8);
+      return static_cast<double>(v);
+    }
+    case DType::kU8: {
+      uint8_t v;
+      std::memcpy(&v, p, 1);
+      return v;
+    }
   }
   return 0;
 }
@@ -51,8 +105,8 @@ double input_value(int rank, size_t i, DType dtype) {
   std::vector<std::byte> one(dtype_size(dtype));
   bool half = dtype == DType::kF16 || dtype == DType::kBF16;
   double raw = dtype == DType::kU8 ? (rank_value(rank, i) + 8) / 4  // sums stay below 256
-               : half             ? fractional_value(rank, i)
-                                  : rank_value(rank, i);
+               : half              ? fractional_value(rank, i)
+                                   : rank_value(rank, i);
   store(one, dtype, 0, raw);
   return load(one, dtype, 0);
 }
@@ -100,9 +154,12 @@ void check_allreduce(Communicator& comm, DType dtype, ReduceOp op, size_t count)
     for (int r = 1; r < comm.size(); ++r) {
       double v = input_value(r, i, dtype);
       magnitude += std::abs(v);
-      if (op == ReduceOp::kMax) expected = std::max(expected, v);
-      else if (op == ReduceOp::kMin) expected = std::min(expected, v);
-      else expected += v;
+      if (op == ReduceOp::kMax)
+        expected = std::max(expected, v);
+      else if (op == ReduceOp::kMin)
+        expected = std::min(expected, v);
+      else
+        expected += v;
     }
     if (op == ReduceOp::kAvg) {
       expected /= comm.size();
@@ -111,9 +168,9 @@ void check_allreduce(Communicator& comm, DType dtype, ReduceOp op, size_t count)
     double actual = load(buf, dtype, i);
     // Integer-valued inputs make f32/f64/int sums exact; avg divides once (one rounding);
     // f16/bf16 allow one rounding per reduction step (documented in communicator.h).
-    double tolerance = half                    ? comm.size() * eps * magnitude
-                       : op == ReduceOp::kAvg  ? 1e-6 * std::max(1.0, magnitude)
-                                               : 0.0;
+    double tolerance = half                   ? comm.size() * eps * magnitude
+                       : op == ReduceOp::kAvg ? 1e-6 * std::max(1.0, magnitude)
+                                              : 0.0;
     if (std::abs(actual - expected) > tolerance) {
       ++mismatches;
       ADD_FAILURE() << "element " << i << ": got " << actual << ", expected " << expected
@@ -164,7 +221,9 @@ void check_broadcast(Communicator& comm, size_t bytes, int root) {
 
 void check_alltoallv(Communicator& comm, size_t base_bytes) {
   const int n = comm.size(), me = comm.rank();
-  auto bytes_between = [&](int from, int to) { return (base_bytes + from * 3 + to * 5) % (base_bytes + 7); };
+  auto bytes_between = [&](int from, int to) {
+    return (base_bytes + from * 3 + to * 5) % (base_bytes + 7);
+  };
   SCOPED_TRACE("alltoallv base " + std::to_string(base_bytes) + " on rank " + std::to_string(me) +
                "/" + std::to_string(n));
   std::vector<size_t> send_counts(n), recv_counts(n);
@@ -174,8 +233,10 @@ void check_alltoallv(Communicator& comm, size_t base_bytes) {
     recv_counts[to] = bytes_between(to, me);
     for (size_t k = 0; k < send_counts[to]; ++k) in.push_back(byte_pattern(me, to, k));
   }
-  std::vector<uint8_t> out(std::accumulate(recv_counts.begin(), recv_counts.end(), size_t{0}), 0xEE);
-  Status status = comm.alltoallv(bytes_of(std::as_const(in)), send_counts, bytes_of(out), recv_counts);
+  std::vector<uint8_t> out(std::accumulate(recv_counts.begin(), recv_counts.end(), size_t{0}),
+                           0xEE);
+  Status status =
+      comm.alltoallv(bytes_of(std::as_const(in)), send_counts, bytes_of(out), recv_counts);
   ASSERT_TRUE(status.is_ok()) << status.to_string();
   size_t at = 0;
   for (int from = 0; from < n; ++from) {
@@ -217,8 +278,8 @@ void check_split(Communicator& comm) {
 }
 
 void check_all_operations(Communicator& comm, bool include_large) {
-  for (DType dtype : {DType::kF32, DType::kF64, DType::kF16, DType::kBF16, DType::kI32,
-                      DType::kI64, DType::kU8}) {
+  for (DType dtype : {DType::kF32, DType::kF64, DType::kF16, DType::kBF16, DType::kI32, DType::kI64,
+                      DType::kU8}) {
     for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax, ReduceOp::kMin}) {
       check_allreduce(comm, dtype, op, 1031);
     }
@@ -230,7 +291,7 @@ void check_all_operations(Communicator& comm, bool include_large) {
     check_allgather(comm, count);
     check_broadcast(comm, count, comm.size() - 1);
   }
-  check_allgatherv(comm, 3, 0, 5);        // rank 0 sends nothing
+  check_allgatherv(comm, 3, 0, 5);         // rank 0 sends nothing
   check_allgatherv(comm, 1000, 17, 4099);  // uneven
   check_allgatherv(comm, 0, 0, 1);         // everyone sends nothing
   check_alltoallv(comm, 0);
@@ -239,7 +300,7 @@ void check_all_operations(Communicator& comm, bool include_large) {
   check_split(comm);
   if (include_large) {
     check_allreduce(comm, DType::kF32, ReduceOp::kSum, 16u << 20);  // 64 MiB
-    check_allgatherv(comm, 1, 64u << 20, UINT32_MAX);                // 64 MiB + r bytes each
+    check_allgatherv(comm, 1, 64u << 20, UINT32_MAX);               // 64 MiB + r bytes each
   }
 }
 

@@ -1,0 +1,85 @@
+#include "cli/launch.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "comm/launcher.h"
+
+namespace frugal::cli {
+namespace {
+
+// OpenMPI refuses to start as root unless told twice; Frugal's own launches tell it, so users
+// never have to.
+void allow_mpirun_as_root() {
+  setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
+  setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
+}
+
+int exec_mpirun(int workers, const std::vector<std::string>& argv) {
+  const std::string mpirun = mpiexec_path();
+  if (mpirun.empty()) {
+    return report_error(
+        unimplemented("this build of frugal has no MPI backend: install libopenmpi-dev and re-run "
+                      "scripts/setup"));
+  }
+  allow_mpirun_as_root();
+  // More ranks than cores is fine for Frugal's communication-bound ranks (each rank's compute
+  // threads are capped separately), so allow oversubscription.
+  std::vector<std::string> args = {mpirun, "-np", std::to_string(workers), "--oversubscribe",
+                                   self_executable()};
+  args.insert(args.end(), argv.begin() + 1, argv.end());
+  std::vector<char*> c_args;
+  for (auto& a : args) c_args.push_back(a.data());
+  c_args.push_back(nullptr);
+  execv(c_args[0], c_args.data());
+  return report_error(unavailable("cannot run " + mpirun + ": " + std::strerror(errno)));
+}
+
+}  // namespace
+
+std::optional<int> launch_ranks_if_parent(const std::string& backend, int workers,
+                                          const std::vector<std::string>& argv) {
+  EnvLookup env = process_env();
+  if (backend == "gloo" && !launched_torchrun_style(env)) {
+    LaunchOptions options;
+    options.argv = argv;
+    options.argv[0] = self_executable();
+    options.world_size = workers;
+    options.env["FRUGAL_BACKEND"] = "gloo";
+    Status status = launch_local_ranks(options);
+    return status.is_ok() ? 0 : report_error(status);
+  }
+  if (backend == "mpi" && !launched_by_mpirun(env)) {
+    if (launched_torchrun_style(env)) {
+      return report_error(invalid_argument(
+          "--backend mpi takes rank and size from mpirun, but RANK/WORLD_SIZE are set: start "
+          "with mpirun, or use --backend gloo for torchrun-style launches"));
+    }
+    return exec_mpirun(workers, argv);
+  }
+  return std::nullopt;
+}
+
+Result<CommConfig> rank_comm_config(CommConfig base) {
+  allow_mpirun_as_root();  // harmless when not under MPI; needed if MPI spawns helpers
+  return comm_config_from_env(std::move(base));
+}
+
+int report_error(const Status& status) {
+  std::fprintf(stderr, "frugal: error: %s\n", status.message().c_str());
+  switch (status.code()) {
+    case StatusCode::kInvalidArgument:
+    case StatusCode::kNotFound:
+    case StatusCode::kOutOfRange:
+      return 2;
+    case StatusCode::kAborted:
+      return 130;
+    default:
+      return 1;
+  }
+}
+
+}  // namespace frugal::cli

@@ -1,0 +1,28 @@
+// How one `frugal` invocation becomes N ranks on this host: as a parent that starts the ranks
+// (child processes for gloo, mpirun for mpi) by re-running its own command line, or as one of
+// the ranks. Shared by every subcommand that takes --workers. Not thread-safe (process-level).
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "comm/comm_config.h"
+
+namespace frugal::cli {
+
+// If this process must start the ranks itself (gloo without torchrun-style RANK/WORLD_SIZE, or
+// mpi outside mpirun with workers > 1), starts them, waits, and returns the exit code for main.
+// Otherwise returns nullopt: this process is a rank (or runs thread-ranks for "local").
+std::optional<int> launch_ranks_if_parent(const std::string& backend, int workers,
+                                          const std::vector<std::string>& argv);
+
+// This process's CommConfig: flags in `base`, overridden by the environment set by the
+// launcher, torchrun or mpirun.
+Result<CommConfig> rank_comm_config(CommConfig base);
+
+// Prints "frugal: error: <message>" on stderr and returns the exit code for the status:
+// 2 for bad input (InvalidArgument, NotFound, OutOfRange), 130 for Aborted, 1 otherwise.
+int report_error(const Status& status);
+
+}  // namespace frugal::cli

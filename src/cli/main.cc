@@ -1,0 +1,39 @@
+// The `frugal` executable: parses the command line with CLI11 and dispatches to subcommands.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cli/bench_command.h"
+#include "cli/launch.h"
+
+int main(int argc, char** argv) {
+  const std::vector<std::string> args(argv, argv + argc);
+  CLI::App app{"Frugal: communication-efficient distributed data-parallel training", "frugal"};
+  app.set_version_flag("--version", "frugal 0.1.0");
+  app.require_subcommand(0, 1);
+  int exit_code = 0;
+
+  CLI::App* train = app.add_subcommand("train", "Train a model data-parallel on several workers");
+  train->allow_extras();
+  train->callback([&exit_code] {
+    exit_code = frugal::cli::report_error(frugal::unimplemented(
+        "'frugal train' is not built yet: the distributed trainer is the next milestone; "
+        "available now: frugal bench comm"));
+  });
+  frugal::cli::add_bench_commands(app, exit_code, args);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // CLI11 reports usage errors by exception; this is the boundary where they become an exit
+    // code (the exception policy in core/status.h).
+    return app.exit(e);
+  }
+  if (app.get_subcommands().empty()) {
+    std::fputs(app.help().c_str(), stdout);
+    return 0;
+  }
+  return exit_code;
+}
