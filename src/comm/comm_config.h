@@ -28,8 +28,9 @@ struct CommConfig {
   int master_port = 29500;
   std::string store_path;
 
-  // Network interface (e.g. "eth0", "veth3") or host name/address Gloo binds to; empty: the
-  // address the host name resolves to. Needed when ranks live in separate network namespaces.
+  // Network interface (e.g. "eth0", "veth3") or host name/address Gloo binds to. Empty: with a
+  // file store, 127.0.0.1; with a TCP store, the local address this host uses to reach
+  // master_addr. An interface is needed when ranks live in separate network namespaces.
   std::string iface;
   std::string hostname;
 

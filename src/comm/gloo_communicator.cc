@@ -1,6 +1,7 @@
 #include "comm/gloo_communicator.h"
 
 #include <ifaddrs.h>
+#include <signal.h>
 
 #include <gloo/allgather.h>
 #include <gloo/allgatherv.h>
@@ -71,9 +72,15 @@ constexpr uint32_t kConnectBarrierTag = 0;
 std::string to_string(const std::vector<char>& bytes) { return {bytes.begin(), bytes.end()}; }
 std::vector<char> to_bytes(std::string_view text) { return {text.begin(), text.end()}; }
 
-std::string rank_list(const std::vector<int>& ranks) {
+// "1, 3", or "1 (world rank 3)" for ranks of a split group.
+std::string rank_list(const std::vector<int>& ranks, const std::vector<int>& world_ranks) {
   std::string text;
-  for (int rank : ranks) text += (text.empty() ? "" : ", ") + std::to_string(rank);
+  for (int rank : ranks) {
+    text += (text.empty() ? "" : ", ") + std::to_string(rank);
+    if (rank < static_cast<int>(world_ranks.size()) && world_ranks[rank] != rank) {
+      text += " (world rank " + std::to_string(world_ranks[rank]) + ")";
+    }
+  }
   return text;
 }
 
@@ -287,6 +294,16 @@ std::string device_host(const std::string& device_description) {
   return device_description.substr(start + 6, end - start - 6);
 }
 
+// Gloo writes to its sockets with writev(), which raises SIGPIPE when the peer is gone; the
+// default action kills the process before the error can be reported (and names no rank). A
+// program that installed its own handler keeps it.
+void ignore_sigpipe_unless_handled() {
+  struct sigaction current = {};
+  if (::sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL) {
+    ::signal(SIGPIPE, SIG_IGN);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rendezvous
 
@@ -310,6 +327,7 @@ std::string group_name(const GlooGroup& group) {
 // holds its device, context and peer directory.
 Status connect_group(GlooGroup& group) {
   if (group.size == 1) return Status::ok();
+  ignore_sigpipe_unless_handled();
   const auto deadline = SteadyClock::now() + group.timeout;
   const std::string where = "gloo rendezvous of " + group_name(group);
   group.store = std::make_shared<PrefixedStore>(group.root_store, group.prefix);
@@ -340,7 +358,8 @@ Status connect_group(GlooGroup& group) {
     }
     return deadline_exceeded(where + " through the " + store.describe() + " timed out after " +
                              std::to_string(group.timeout.count()) + " ms: rank(s) " +
-                             rank_list(missing) + " never joined (joined: " + rank_list(present) +
+                             rank_list(missing, group.world_ranks) +
+                             " never joined (joined: " + rank_list(present, group.world_ranks) +
                              "); check that every rank was started with the same WORLD_SIZE " +
                              "and rendezvous settings");
   }
@@ -690,7 +709,12 @@ Result<std::unique_ptr<Communicator>> GlooCommunicator::split(int color, int key
       group_->prefix + "/split" + std::to_string(operations_) + "/color" + std::to_string(color);
   child->device_attr = group_->device_attr;
   for (int member : members) child->world_ranks.push_back(group_->world_ranks[member]);
-  FRUGAL_RETURN_IF_ERROR(connect_group(*child).with_context(what_));
+  // The ranks now disagree on whether the split happened, so this communicator is broken too.
+  const Status connected = connect_group(*child);
+  if (!connected.is_ok()) {
+    broken_ = connected.with_context(what_);
+    return broken_;
+  }
   return std::unique_ptr<Communicator>(std::make_unique<GlooCommunicator>(std::move(child)));
 }
 

@@ -17,6 +17,8 @@ namespace frugal::detail {
 // directory that names peers in gloo's errors. Defined in gloo_communicator.cc.
 struct GlooGroup;
 
+// Note: connecting a group of two or more ranks sets SIGPIPE to ignored if it still has its
+// default action, since gloo's socket writes raise it when a peer dies.
 class GlooCommunicator final : public Communicator {
  public:
   explicit GlooCommunicator(std::unique_ptr<GlooGroup> group);

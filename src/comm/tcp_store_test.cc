@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <gloo/common/error.h>
@@ -159,13 +160,6 @@ TEST(TcpStore, UnreachableMasterFailsWithinTheTimeout) {
   EXPECT_LT(elapsed_ms(start), 2000.0);
 }
 
-TEST(TcpStore, UnresolvableMasterIsInvalidArgument) {
-  auto store = TcpStore::connect("no-such-host.invalid", 29500, milliseconds(300));
-  ASSERT_FALSE(store.is_ok());
-  EXPECT_EQ(store.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(store.status().message().find("no-such-host.invalid"), std::string::npos);
-}
-
 TEST(TcpStore, ClientRetriesUntilTheServerStarts) {
   const int port = unused_port();
   std::unique_ptr<TcpStoreServer> server;
@@ -241,6 +235,8 @@ TEST(TcpStore, MalformedClientIsDroppedWithoutHurtingOthers) {
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   address.sin_port = htons(static_cast<uint16_t>(server->port()));
   ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  timeval five_seconds{5, 0};  // a server that never hangs up fails the test instead of hanging it
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &five_seconds, sizeof(five_seconds));
   const uint32_t huge = htonl(1u << 30);
   ASSERT_EQ(::send(fd, &huge, sizeof(huge), MSG_NOSIGNAL), static_cast<ssize_t>(sizeof(huge)));
   char buffer[256];
