@@ -43,6 +43,13 @@ int exec_mpirun(int workers, const std::vector<std::string>& argv) {
 std::optional<int> launch_ranks_if_parent(const std::string& backend, int workers,
                                           const std::vector<std::string>& argv) {
   EnvLookup env = process_env();
+  // Reject a bad environment (RANK without WORLD_SIZE, RANK >= WORLD_SIZE, ...) before deciding
+  // whether this process is a launcher or a rank.
+  CommConfig requested;
+  requested.backend = backend;
+  if (auto checked = comm_config_from_env(requested, env); !checked.is_ok()) {
+    return report_error(checked.status());
+  }
   if (backend == "gloo" && !launched_torchrun_style(env)) {
     LaunchOptions options;
     options.argv = argv;

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Bad input to the frugal executable: each case must exit non-zero within its time limit and
+# print a one-line error that names what is wrong. Usage: cli_bad_input.sh path/to/frugal
+set -uo pipefail
+frugal="$1"
+failures=0
+
+# expect_error EXPECTED_SUBSTRING ENV... -- ARGS...
+expect_error() {
+  local expected="$1"; shift
+  local env_vars=()
+  while [ "$1" != "--" ]; do env_vars+=("$1"); shift; done
+  shift
+  local output code
+  output=$(env "${env_vars[@]}" timeout 60 "$frugal" "$@" 2>&1)
+  code=$?
+  if [ "$code" -eq 0 ] || [ "$code" -eq 124 ]; then
+    echo "FAIL: frugal $* (${env_vars[*]}) exited $code (0 = accepted, 124 = hung)"
+    failures=$((failures + 1))
+  elif ! grep -qF -- "$expected" <<<"$output"; then
+    echo "FAIL: frugal $* (${env_vars[*]}): output lacks '$expected':"
+    echo "$output" | sed 's/^/    /'
+    failures=$((failures + 1))
+  else
+    echo "ok: frugal $* (${env_vars[*]}) -> exit $code: $(grep -F -- "$expected" <<<"$output" | head -1)"
+  fi
+}
+
+bench=(bench comm --ops allreduce --max-bytes 4K --seconds-per-size 0.01)
+expect_error "RANK=4 is out of range for WORLD_SIZE=4; valid: 0..3" RANK=4 WORLD_SIZE=4 -- "${bench[@]}"
+expect_error "RANK and WORLD_SIZE must be set together" RANK=0 -- "${bench[@]}"
+expect_error "MASTER_PORT=0 is invalid; valid: 1..65535" MASTER_PORT=0 RANK=0 WORLD_SIZE=1 -- "${bench[@]}"
+expect_error "unknown backend 'nccl'; valid: local, gloo, mpi" FRUGAL_BACKEND=nccl RANK=0 WORLD_SIZE=1 -- "${bench[@]}"
+expect_error "--backend: nccl not in" X=1 -- "${bench[@]}" --backend nccl
+expect_error "--workers 0 is invalid" X=1 -- "${bench[@]}" --workers 0
+# Rank 1 of 2 whose rank 0 never starts: the rendezvous times out naming the missing rank.
+store=$(mktemp -d)
+expect_error "0" RANK=1 WORLD_SIZE=2 FRUGAL_STORE_PATH="$store" FRUGAL_TIMEOUT_MS=2000 -- "${bench[@]}"
+rm -rf "$store"
+# An unreachable master: nothing listens on this loopback port.
+expect_error "127.0.0.1:1" RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 FRUGAL_TIMEOUT_MS=2000 -- "${bench[@]}"
+expect_error "A subcommand is required" X=1 -- bench nosuch
+
+echo "$((9 - failures)) passed, $failures failed"
+[ "$failures" -eq 0 ]
