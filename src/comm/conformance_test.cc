@@ -36,6 +36,20 @@ TEST_P(ConformanceTest, SplitGroupsAreIndependent) {
                                 [](Communicator& comm) { testing::check_split(comm); });
 }
 
+// Bad input across ranks: one rank passes a different element count. Every rank must get the
+// same clear error (the gloo path goes through the consistency check of make_communicator).
+TEST_P(ConformanceTest, MismatchedSizesAreRejectedOnEveryRank) {
+  if (GetParam().world_size < 2) GTEST_SKIP() << "needs two ranks to disagree";
+  testing::run_in_process_ranks(
+      GetParam().backend, GetParam().world_size, 10'000, [](Communicator& comm) {
+        std::vector<float> v(1000 + (comm.rank() == 1 ? 1 : 0), 1.0f);
+        Status s =
+            comm.allreduce(flat_view(v.data(), DType::kF32, int64_t(v.size())), ReduceOp::kSum);
+        EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.to_string();
+        EXPECT_NE(s.message().find("rank 1 called allreduce"), std::string::npos) << s.to_string();
+      });
+}
+
 std::vector<Case> all_cases() {
   std::vector<Case> cases;
   for (const char* backend : {"local", "gloo"}) {
