@@ -22,6 +22,7 @@
 
 #include "comm/backends.h"
 #include "comm/gloo_errors.h"
+#include "comm/testing/rank_runner.h"
 #include "core/clock.h"
 
 namespace frugal::detail {
@@ -54,18 +55,6 @@ class TempDir {
  private:
   std::string path_;
 };
-
-int unused_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-  socklen_t size = sizeof(address);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size);
-  ::close(fd);
-  return ntohs(address.sin_port);
-}
 
 CommConfig file_store_config(const std::string& dir, int world_size,
                              int64_t timeout_ms = kTimeoutMs) {
@@ -174,7 +163,7 @@ TEST_P(GlooWorld, FileStoreRunsCollectives) {
 }
 
 TEST_P(GlooWorld, TcpStoreRunsCollectives) {
-  run_ranks(tcp_store_config(unused_port(), GetParam()), check_some_operations);
+  run_ranks(tcp_store_config(testing::unused_loopback_port(), GetParam()), check_some_operations);
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, GlooWorld, ::testing::Values(1, 2, 3, 4));
@@ -269,7 +258,7 @@ TEST(Gloo, RankThatNeverJoinsIsNamed) {
 }
 
 TEST(Gloo, RankThatNeverJoinsTheTcpStoreIsNamed) {
-  const CommConfig base = tcp_store_config(unused_port(), 2, 1000);
+  const CommConfig base = tcp_store_config(testing::unused_loopback_port(), 2, 1000);
   CommConfig config = base;
   config.rank = 0;
   const auto start = SteadyClock::now();
@@ -349,11 +338,11 @@ TEST(Gloo, PeerThatLeavesIsNamedInAWorldOfFour) {
 
 TEST(Gloo, TcpStoreHostThatLeavesIsNamedByTheOthers) {
   // Rank 0 takes the store down with it; the others must still fail fast and name it.
-  check_peer_leaving(tcp_store_config(unused_port(), 3, 2000), 0);
+  check_peer_leaving(tcp_store_config(testing::unused_loopback_port(), 3, 2000), 0);
 }
 
 TEST(Gloo, TcpStorePeerThatLeavesIsNamedByTheOthers) {
-  check_peer_leaving(tcp_store_config(unused_port(), 3, 2000), 2);
+  check_peer_leaving(tcp_store_config(testing::unused_loopback_port(), 3, 2000), 2);
 }
 
 TEST(Gloo, HungPeerTimesOutAndTheFaultNoteReachesIt) {

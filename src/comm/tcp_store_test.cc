@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "comm/testing/rank_runner.h"
 #include "core/clock.h"
 
 namespace frugal::detail {
@@ -25,19 +26,6 @@ using std::chrono::milliseconds;
 std::vector<char> bytes(std::string_view text) { return {text.begin(), text.end()}; }
 
 double elapsed_ms(SteadyClock::time_point start) { return seconds_since(start) * 1000.0; }
-
-// A port nobody listens on right now: bind to port 0, read the port, close.
-int unused_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-  socklen_t size = sizeof(address);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size);
-  ::close(fd);
-  return ntohs(address.sin_port);
-}
 
 std::unique_ptr<TcpStoreServer> start_server() {
   auto server = TcpStoreServer::start("127.0.0.1", 0);
@@ -148,7 +136,7 @@ TEST(TcpStore, PortInUseIsAClearError) {
 }
 
 TEST(TcpStore, UnreachableMasterFailsWithinTheTimeout) {
-  const int port = unused_port();
+  const int port = testing::unused_loopback_port();
   const auto start = SteadyClock::now();
   auto store = TcpStore::connect("127.0.0.1", port, milliseconds(300));
   ASSERT_FALSE(store.is_ok());
@@ -161,7 +149,7 @@ TEST(TcpStore, UnreachableMasterFailsWithinTheTimeout) {
 }
 
 TEST(TcpStore, ClientRetriesUntilTheServerStarts) {
-  const int port = unused_port();
+  const int port = testing::unused_loopback_port();
   std::unique_ptr<TcpStoreServer> server;
   std::thread starter([&] {
     std::this_thread::sleep_for(milliseconds(200));

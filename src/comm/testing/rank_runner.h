@@ -15,6 +15,9 @@ namespace frugal::testing {
 void run_in_process_ranks(const std::string& backend, int world_size, int64_t timeout_ms,
                           const std::function<void(Communicator&)>& body);
 
+// A loopback TCP port nobody listens on right now: bind to port 0, read the port, close.
+int unused_loopback_port();
+
 // A fresh empty directory under $TMPDIR (or /tmp), removed by the caller if wanted.
 std::string make_temp_dir(const std::string& prefix);
 
