@@ -1,0 +1,266 @@
+// The contract every registered compressor keeps, run over every example spec of the registry:
+// payload bounds, determinism, edge-case tensors, the non-finite policy, gather aggregation
+// against a serial sum of per-rank decompressions, state round trips and corrupt payloads.
+// Families test their own semantics (exactness, unbiasedness) in their own files.
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include <gtest/gtest.h>
+
+#include "compress/registry.h"
+#include "compress/testing/serial_exchange.h"
+
+namespace frugal {
+namespace {
+
+std::vector<std::string> all_example_specs() {
+  std::vector<std::string> specs;
+  for (const CompressorEntry& e : compressor_registry()) {
+    for (const std::string& s : e.examples) specs.push_back(s);
+  }
+  return specs;
+}
+
+std::vector<float> gaussian(int64_t n, uint32_t seed) {
+  std::mt19937 engine(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = normal(engine);
+  return v;
+}
+
+class ContractTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  std::unique_ptr<Compressor> make(int world_size = 1, uint64_t seed = 7) {
+    CompressorContext context;
+    context.world_size = world_size;
+    context.seed = seed;
+    auto made = make_compressor(GetParam(), context);
+    EXPECT_TRUE(made.is_ok()) << made.status().to_string();
+    return made.is_ok() ? std::move(made).value() : nullptr;
+  }
+
+  // Compresses `grad` as tensor `id`; checks the size contract.
+  std::vector<std::byte> compress(Compressor& c, TensorId id, const std::vector<float>& grad,
+                                  int64_t step) {
+    std::vector<std::byte> out(c.max_compressed_bytes(id) + 64, std::byte{0xAB});
+    auto used = c.compress(id, ConstView{grad.data(), DType::kF32, c.tensor(id).shape},
+                           MutableBytes(out.data(), c.max_compressed_bytes(id)), {step, 100});
+    EXPECT_TRUE(used.is_ok()) << used.status().to_string();
+    if (!used.is_ok()) return {};
+    EXPECT_LE(*used, c.max_compressed_bytes(id));
+    if (c.fixed_size()) {
+      EXPECT_EQ(*used, c.max_compressed_bytes(id));
+    }
+    for (size_t i = c.max_compressed_bytes(id); i < out.size(); ++i) {
+      EXPECT_EQ(out[i], std::byte{0xAB}) << "wrote beyond max_compressed_bytes";
+    }
+    out.resize(*used);
+    return out;
+  }
+};
+
+const std::vector<Shape> kShapes = {{0}, {1}, {7}, {1031}, {64, 33}, {8, 5, 3, 3}, {256, 400}};
+
+TEST_P(ContractTest, SpecIsCanonicalAndRebuilds) {
+  auto c = make();
+  ASSERT_NE(c, nullptr);
+  auto again = make_compressor(c->spec(), {});
+  ASSERT_TRUE(again.is_ok()) << c->spec() << ": " << again.status().to_string();
+  EXPECT_EQ(again.value()->spec(), c->spec());
+}
+
+TEST_P(ContractTest, PayloadWithinBoundAndDeterministic) {
+  auto a = make();
+  auto b = make();
+  ASSERT_NE(a, nullptr);
+  for (size_t s = 0; s < kShapes.size(); ++s) {
+    const std::string name = "t" + std::to_string(s);
+    ASSERT_TRUE(a->register_tensor({name, kShapes[s]}).is_ok());
+    ASSERT_TRUE(b->register_tensor({name, kShapes[s]}).is_ok());
+  }
+  for (int64_t step = 0; step < 3; ++step) {
+    for (TensorId id = 0; id < a->num_tensors(); ++id) {
+      auto grad = gaussian(shape_numel(kShapes[id]), static_cast<uint32_t>(step * 10 + id));
+      EXPECT_EQ(compress(*a, id, grad, step), compress(*b, id, grad, step))
+          << "tensor " << a->tensor(id).name << " step " << step;
+    }
+  }
+}
+
+TEST_P(ContractTest, ZerosDecodeToFiniteValues) {
+  auto c = make();
+  ASSERT_NE(c, nullptr);
+  for (size_t s = 0; s < kShapes.size(); ++s) {
+    TensorId id = c->register_tensor({"t" + std::to_string(s), kShapes[s]}).value();
+    std::vector<float> zeros(static_cast<size_t>(shape_numel(kShapes[s])), 0.0f);
+    auto payload = compress(*c, id, zeros, 0);
+    if (c->aggregation() != Aggregation::kGather) continue;  // needs the protocol; see below
+    std::vector<float> accum(zeros.size(), 0.0f);
+    ASSERT_TRUE(
+        c->decompress_accumulate(id, payload, {accum.data(), DType::kF32, kShapes[s]}).is_ok());
+    for (float v : accum) EXPECT_TRUE(std::isfinite(v));
+  }
+}
+
+TEST_P(ContractTest, NonFiniteGradientIsAnError) {
+  auto c = make();
+  ASSERT_NE(c, nullptr);
+  TensorId id = c->register_tensor({"w", {64, 32}}).value();
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                    -std::numeric_limits<float>::infinity()}) {
+    std::vector<float> grad(64 * 32, bad);
+    std::vector<std::byte> out(c->max_compressed_bytes(id));
+    auto used = c->compress(id, {grad.data(), DType::kF32, {64, 32}}, out, {0, 0});
+    ASSERT_FALSE(used.is_ok()) << "value " << bad;
+    EXPECT_EQ(used.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(used.status().message().find("'w'"), std::string::npos)
+        << used.status().message();
+  }
+}
+
+TEST_P(ContractTest, WrongViewsAreRejected) {
+  auto c = make();
+  ASSERT_NE(c, nullptr);
+  TensorId id = c->register_tensor({"w", {10, 10}}).value();
+  EXPECT_FALSE(c->register_tensor({"w", {10, 10}}).is_ok()) << "duplicate name accepted";
+  std::vector<float> grad(99, 1.0f);
+  std::vector<std::byte> out(c->max_compressed_bytes(id) + 1000);
+  EXPECT_FALSE(c->compress(id, {grad.data(), DType::kF32, {99}}, out, {}).is_ok());
+  EXPECT_FALSE(c->compress(id, {grad.data(), DType::kF16, {10, 10}}, out, {}).is_ok());
+}
+
+TEST_P(ContractTest, TruncatedPayloadIsRejected) {
+  auto c = make();
+  ASSERT_NE(c, nullptr);
+  if (c->aggregation() != Aggregation::kGather) GTEST_SKIP() << "payload is reduced first";
+  TensorId id = c->register_tensor({"w", {40, 50}}).value();
+  auto payload = compress(*c, id, gaussian(2000, 3), 0);
+  ASSERT_FALSE(payload.empty());
+  std::vector<float> accum(2000, 0.0f);
+  payload.pop_back();
+  EXPECT_EQ(c->decompress_accumulate(id, payload, {accum.data(), DType::kF32, {40, 50}}).code(),
+            StatusCode::kDataLoss);
+}
+
+TEST_P(ContractTest, GatherEqualsSerialSumOfDecompressions) {
+  for (int world = 1; world <= 4; ++world) {
+    std::vector<std::unique_ptr<Compressor>> owned;
+    std::vector<std::unique_ptr<Compressor>> references;
+    std::vector<Compressor*> ranks;
+    for (int r = 0; r < world; ++r) {
+      owned.push_back(make(world));
+      references.push_back(make(world));
+      ASSERT_NE(owned.back(), nullptr);
+      ASSERT_TRUE(owned.back()->register_tensor({"w", {48, 40}}).is_ok());
+      ASSERT_TRUE(references.back()->register_tensor({"w", {48, 40}}).is_ok());
+      ranks.push_back(owned.back().get());
+    }
+    if (owned[0]->aggregation() != Aggregation::kGather) GTEST_SKIP() << "not a gather kind";
+    std::vector<std::vector<float>> grads;
+    for (int r = 0; r < world; ++r) grads.push_back(gaussian(48 * 40, 50 + r));
+    auto exchanged = testing::serial_exchange(ranks, 0, grads, {0, 0});
+    ASSERT_TRUE(exchanged.is_ok()) << exchanged.status().to_string();
+    // Independent reference: each rank's payload decompressed alone, summed serially.
+    std::vector<float> expected(48 * 40, 0.0f);
+    for (int r = 0; r < world; ++r) {
+      auto payload = compress(*references[r], 0, grads[r], 0);
+      std::vector<float> alone(48 * 40, 0.0f);
+      ASSERT_TRUE(references[r]
+                      ->decompress_accumulate(0, payload, {alone.data(), DType::kF32, {48, 40}})
+                      .is_ok());
+      for (size_t i = 0; i < alone.size(); ++i) expected[i] += alone[i];
+    }
+    for (float& v : expected) v /= static_cast<float>(world);
+    for (int r = 0; r < world; ++r) {
+      ASSERT_EQ(exchanged->averaged[r].size(), expected.size());
+      for (size_t i = 0; i < expected.size(); ++i) {
+        ASSERT_FLOAT_EQ(exchanged->averaged[r][i], expected[i]) << "rank " << r << " index " << i;
+      }
+    }
+  }
+}
+
+TEST_P(ContractTest, ExchangeRunsOnEveryRankCount) {
+  for (int world = 1; world <= 4; ++world) {
+    std::vector<std::unique_ptr<Compressor>> owned;
+    std::vector<Compressor*> ranks;
+    for (int r = 0; r < world; ++r) {
+      owned.push_back(make(world));
+      ASSERT_NE(owned.back(), nullptr);
+      ASSERT_TRUE(owned.back()->register_tensor({"w", {33, 20}}).is_ok());
+      ASSERT_TRUE(owned.back()->register_tensor({"b", {5}}).is_ok());
+      ranks.push_back(owned.back().get());
+    }
+    for (TensorId id : {0, 1}) {
+      std::vector<std::vector<float>> grads;
+      for (int r = 0; r < world; ++r) grads.push_back(gaussian(id == 0 ? 660 : 5, 90 + r));
+      for (int64_t step = 0; step < 2; ++step) {
+        auto exchanged = testing::serial_exchange(ranks, id, grads, {step, 0});
+        ASSERT_TRUE(exchanged.is_ok()) << exchanged.status().to_string();
+        for (int r = 1; r < world; ++r) {
+          EXPECT_EQ(exchanged->averaged[r], exchanged->averaged[0]) << "ranks disagree";
+        }
+        for (float v : exchanged->averaged[0]) ASSERT_TRUE(std::isfinite(v));
+      }
+    }
+  }
+}
+
+TEST_P(ContractTest, ExportedStateRestoresTheSameBehaviour) {
+  auto a = make();
+  auto b = make();
+  ASSERT_NE(a, nullptr);
+  for (Compressor* c : {a.get(), b.get()}) {
+    ASSERT_TRUE(c->register_tensor({"w", {64, 50}}).is_ok());
+    ASSERT_TRUE(c->register_tensor({"v", {300}}).is_ok());
+  }
+  for (int64_t step = 0; step < 2; ++step) {
+    compress(*a, 0, gaussian(3200, 11 + step), step);
+    compress(*a, 1, gaussian(300, 21 + step), step);
+  }
+  ASSERT_TRUE(b->import_state(a->export_state()).is_ok());
+  EXPECT_EQ(compress(*a, 0, gaussian(3200, 99), 2), compress(*b, 0, gaussian(3200, 99), 2));
+  EXPECT_EQ(compress(*a, 1, gaussian(300, 98), 2), compress(*b, 1, gaussian(300, 98), 2));
+}
+
+INSTANTIATE_TEST_SUITE_P(Registry, ContractTest, ::testing::ValuesIn(all_example_specs()),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           std::string name;
+                           for (char ch : info.param) {
+                             name += std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
+                           }
+                           return name;
+                         });
+
+// Every parameter named density rejects values outside (0, 1].
+TEST(RegistryTest, DensityOutOfRangeIsRejected) {
+  for (const CompressorEntry& e : compressor_registry()) {
+    bool has_density = false;
+    for (const ParamDoc& p : e.params) has_density |= p.key == "density";
+    if (!has_density) continue;
+    for (const char* bad : {"0", "-0.1", "1.5", "abc"}) {
+      const std::string spec = e.name + ":density=" + bad;
+      auto made = make_compressor(e.inner == InnerSpec::kNone ? spec : e.examples.front(), {});
+      if (e.inner != InnerSpec::kNone) continue;
+      ASSERT_FALSE(made.is_ok()) << spec;
+      EXPECT_NE(made.status().message().find("density"), std::string::npos);
+    }
+  }
+}
+
+TEST(RegistryTest, UnknownNamesAndKeysListWhatIsValid) {
+  auto unknown = make_compressor("topkk:density=0.01", {});
+  ASSERT_FALSE(unknown.is_ok());
+  EXPECT_NE(unknown.status().message().find("valid: none, fp16"), std::string::npos)
+      << unknown.status().message();
+  auto key = make_compressor("none:density=0.1", {});
+  ASSERT_FALSE(key.is_ok());
+  EXPECT_NE(key.status().message().find("no parameter 'density'"), std::string::npos);
+  EXPECT_FALSE(make_compressor("none(none)", {}).is_ok());
+  EXPECT_FALSE(make_compressor("fp16(none)", {}).is_ok());
+}
+
+}  // namespace
+}  // namespace frugal

@@ -1,0 +1,103 @@
+#include "compress/registry.h"
+
+#include <algorithm>
+
+namespace frugal {
+namespace {
+
+std::vector<CompressorEntry> all_entries() {
+  std::vector<CompressorEntry> entries;
+  for (auto family : {dense_compressor_entries, topk_compressor_entries,
+                      adtopk_compressor_entries, estimator_compressor_entries,
+                      quantizer_compressor_entries, sign_compressor_entries,
+                      powersgd_compressor_entries, memory_compressor_entries}) {
+    for (CompressorEntry& e : family()) entries.push_back(std::move(e));
+  }
+  return entries;
+}
+
+std::string valid_names() {
+  std::string names;
+  for (const CompressorEntry& e : compressor_registry()) {
+    names += (names.empty() ? "" : ", ") + e.name;
+  }
+  return names;
+}
+
+std::string valid_keys(const CompressorEntry& entry) {
+  if (entry.params.empty()) return "none (" + entry.name + " takes no parameters)";
+  std::string keys;
+  for (const ParamDoc& p : entry.params) {
+    keys += (keys.empty() ? "" : ", ") + p.key + " (default " + p.default_value + ")";
+  }
+  return keys;
+}
+
+Result<std::unique_ptr<Compressor>> build(const SpecNode& node, DType value_dtype,
+                                          const CompressorContext& context,
+                                          std::string_view full_spec) {
+  const auto& registry = compressor_registry();
+  auto it = std::find_if(registry.begin(), registry.end(),
+                         [&](const CompressorEntry& e) { return e.name == node.name; });
+  const std::string where = "compressor spec '" + std::string(full_spec) + "'";
+  if (it == registry.end()) {
+    return invalid_argument(where + ": unknown compressor '" + node.name +
+                            "'; valid: " + valid_names());
+  }
+  const CompressorEntry& entry = *it;
+  if (node.inner && entry.inner == InnerSpec::kNone) {
+    return invalid_argument(where + ": " + entry.name + " does not wrap another compressor");
+  }
+  if (!node.inner && entry.inner == InnerSpec::kRequired) {
+    return invalid_argument(where + ": " + entry.name + " wraps a compressor, e.g. " +
+                            entry.examples.front());
+  }
+  for (const auto& [key, value] : node.params) {
+    bool known = std::any_of(entry.params.begin(), entry.params.end(),
+                             [&](const ParamDoc& p) { return p.key == key; });
+    if (!known) {
+      return invalid_argument(where + ": " + entry.name + " has no parameter '" + key +
+                              "'; valid: " + valid_keys(entry));
+    }
+  }
+  ParamReader params(entry.name, node.params);
+  BuildRequest request{node, params, context, value_dtype,
+                       [&context, full_spec](const SpecNode& inner, DType inner_value_dtype) {
+                         return build(inner, inner_value_dtype, context, full_spec);
+                       }};
+  auto made = entry.factory(request);
+  if (!made.is_ok() && made.status().message().find(where) == std::string::npos) {
+    return made.status().with_context(where);
+  }
+  return made;
+}
+
+}  // namespace
+
+const std::vector<CompressorEntry>& compressor_registry() {
+  static const std::vector<CompressorEntry> entries = all_entries();
+  return entries;
+}
+
+Result<std::unique_ptr<Compressor>> make_compressor(std::string_view spec,
+                                                    const CompressorContext& context) {
+  if (context.world_size < 1) {
+    return invalid_argument("compressor context: world_size " +
+                            std::to_string(context.world_size) + " must be >= 1");
+  }
+  FRUGAL_ASSIGN_OR_RETURN(SpecNode node, parse_spec(spec));
+  return build(node, DType::kF32, context, spec);
+}
+
+std::string describe_compressors() {
+  std::string text;
+  for (const CompressorEntry& e : compressor_registry()) {
+    text += "  " + e.name + (e.inner == InnerSpec::kNone ? "" : "(...)") + "  " + e.summary + "\n";
+    for (const ParamDoc& p : e.params) {
+      text += "      " + p.key + "=" + p.default_value + "  " + p.help + "\n";
+    }
+  }
+  return text;
+}
+
+}  // namespace frugal

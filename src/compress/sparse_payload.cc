@@ -1,0 +1,102 @@
+#include "compress/sparse_payload.h"
+
+#include <cstring>
+
+namespace frugal {
+namespace {
+
+template <typename T>
+T load(const std::byte* p) {
+  T value;
+  std::memcpy(&value, p, sizeof(T));
+  return value;
+}
+
+template <typename T>
+void store(std::byte* p, T value) {
+  std::memcpy(p, &value, sizeof(T));
+}
+
+}  // namespace
+
+size_t sparse_payload_bytes(int64_t count, DType value_dtype) {
+  return 4 + static_cast<size_t>(count) * (4 + dtype_size(value_dtype));
+}
+
+size_t encode_sparse(std::span<const float> dense, std::span<const uint32_t> indices,
+                     DType value_dtype, MutableBytes out) {
+  const size_t count = indices.size();
+  FRUGAL_CHECK(out.size() >= sparse_payload_bytes(static_cast<int64_t>(count), value_dtype),
+               "sparse payload buffer too small");
+  std::byte* p = out.data();
+  store<uint32_t>(p, static_cast<uint32_t>(count));
+  if (count > 0) std::memcpy(p + 4, indices.data(), count * 4);
+  std::byte* values = p + 4 + count * 4;
+  switch (value_dtype) {
+    case DType::kF32:
+      for (size_t i = 0; i < count; ++i) store<float>(values + 4 * i, dense[indices[i]]);
+      break;
+    case DType::kF16:
+      for (size_t i = 0; i < count; ++i) store(values + 2 * i, f32_to_f16(dense[indices[i]]));
+      break;
+    case DType::kBF16:
+      for (size_t i = 0; i < count; ++i) store(values + 2 * i, f32_to_bf16(dense[indices[i]]));
+      break;
+    default:
+      FRUGAL_CHECK(false, "sparse values must be f32, f16 or bf16");
+  }
+  return sparse_payload_bytes(static_cast<int64_t>(count), value_dtype);
+}
+
+uint32_t SparsePayloadView::index(int64_t i) const { return load<uint32_t>(indices + 4 * i); }
+
+float SparsePayloadView::value(int64_t i) const {
+  switch (value_dtype) {
+    case DType::kF16:
+      return f16_to_f32(load<uint16_t>(values + 2 * i));
+    case DType::kBF16:
+      return bf16_to_f32(load<uint16_t>(values + 2 * i));
+    default:
+      return load<float>(values + 4 * i);
+  }
+}
+
+Result<SparsePayloadView> parse_sparse(ConstBytes payload, DType value_dtype, int64_t numel) {
+  if (payload.size() < 4) {
+    return data_loss("sparse payload of " + std::to_string(payload.size()) +
+                     " bytes is shorter than its 4-byte header");
+  }
+  SparsePayloadView view;
+  view.count = load<uint32_t>(payload.data());
+  view.value_dtype = value_dtype;
+  if (payload.size() != sparse_payload_bytes(view.count, value_dtype)) {
+    return data_loss("sparse payload says " + std::to_string(view.count) + " entries (" +
+                     std::to_string(sparse_payload_bytes(view.count, value_dtype)) +
+                     " bytes) but has " + std::to_string(payload.size()) + " bytes");
+  }
+  if (view.count > numel) {
+    return data_loss("sparse payload has " + std::to_string(view.count) +
+                     " entries for a tensor of " + std::to_string(numel));
+  }
+  view.indices = payload.data() + 4;
+  view.values = view.indices + 4 * view.count;
+  return view;
+}
+
+Status scatter_add_sparse(const SparsePayloadView& payload, std::span<float> accum, float scale) {
+  const auto numel = static_cast<int64_t>(accum.size());
+  int64_t previous = -1;
+  for (int64_t i = 0; i < payload.count; ++i) {
+    const int64_t index = payload.index(i);
+    if (index >= numel || index <= previous) {
+      return data_loss("sparse payload entry " + std::to_string(i) + " has index " +
+                       std::to_string(index) + (index >= numel ? " beyond " : " not above ") +
+                       std::to_string(index >= numel ? numel - 1 : previous));
+    }
+    accum[static_cast<size_t>(index)] += scale * payload.value(i);
+    previous = index;
+  }
+  return Status::ok();
+}
+
+}  // namespace frugal
