@@ -1,11 +1,15 @@
 #include "cli/bench_command.h"
 
+#include <cmath>
 #include <cstdio>
 #include <thread>
 
 #include "bench/comm_bench.h"
+#include "bench/compress_bench.h"
+#include "bench/model_shapes.h"
 #include "cli/launch.h"
 #include "comm/factory.h"
+#include "compress/registry.h"
 
 namespace frugal::cli {
 namespace {
@@ -70,6 +74,155 @@ int run_comm_bench_command(const CommBenchFlags& flags, const std::vector<std::s
                         : report_error(status.with_context("rank " + std::to_string(config->rank)));
 }
 
+struct CompressBenchFlags {
+  std::vector<std::string> compressors;  // comma-separated spec lists, one per flag
+  std::vector<std::string> sizes = {"1e4", "1e5", "1e6", "1e7", "2.5e7"};
+  std::vector<std::string> matrices = {"2048x2048"};
+  bench::CompressBenchOptions options;
+  bool json = false;
+  bool list = false;
+};
+
+// "2.5e7" -> 25000000; "none" (alone) -> no entries.
+Result<std::vector<int64_t>> parse_sizes(const std::vector<std::string>& texts) {
+  std::vector<int64_t> sizes;
+  for (const std::string& text : texts) {
+    if (text == "none") continue;
+    char* end = nullptr;
+    double value = std::strtod(text.c_str(), &end);
+    if (text.empty() || *end != '\0' || !(value >= 1) || value > 1e15 ||
+        value != std::floor(value)) {
+      return invalid_argument("--sizes: '" + text +
+                              "' is not a positive whole number of elements (e.g. 1e6, 25000000)");
+    }
+    sizes.push_back(static_cast<int64_t>(value));
+  }
+  return sizes;
+}
+
+// "2048x2048" -> {2048, 2048}; "none" (alone) -> no entries.
+Result<std::vector<Shape>> parse_matrices(const std::vector<std::string>& texts) {
+  std::vector<Shape> shapes;
+  for (const std::string& text : texts) {
+    if (text == "none") continue;
+    Shape shape;
+    size_t begin = 0;
+    while (begin <= text.size()) {
+      size_t end = std::min(text.find('x', begin), text.size());
+      std::string dim = text.substr(begin, end - begin);
+      char* stop = nullptr;
+      long long value = std::strtoll(dim.c_str(), &stop, 10);
+      if (dim.empty() || *stop != '\0' || value < 1) {
+        return invalid_argument("--matrices: '" + text +
+                                "' is not a shape like 2048x2048 (positive dimensions)");
+      }
+      shape.push_back(value);
+      begin = end + 1;
+    }
+    shapes.push_back(shape);
+  }
+  return shapes;
+}
+
+int run_compress_bench_command(CompressBenchFlags flags) {
+  if (flags.list) {
+    std::string text = "Registered compressors:\n" + describe_compressors() +
+                       "Default specs at --density " + format_param(flags.options.density) + ":\n";
+    for (const std::string& spec : bench::default_compressor_specs(flags.options.density)) {
+      text += "  " + spec + "\n";
+    }
+    const std::string dir =
+        flags.options.shapes_dir.empty() ? bench::default_shapes_dir() : flags.options.shapes_dir;
+    text += "Models (in " + dir + "):";
+    for (const std::string& model : bench::list_models(flags.options.shapes_dir)) {
+      text += " " + model;
+    }
+    std::fputs((text + "\n").c_str(), stdout);
+    return 0;
+  }
+  for (const std::string& list : flags.compressors) {
+    for (std::string& spec : bench::split_spec_list(list)) {
+      flags.options.compressors.push_back(std::move(spec));
+    }
+  }
+  auto sizes = parse_sizes(flags.sizes);
+  if (!sizes.is_ok()) return report_error(sizes.status());
+  flags.options.sizes = sizes.value();
+  auto matrices = parse_matrices(flags.matrices);
+  if (!matrices.is_ok()) return report_error(matrices.status());
+  flags.options.matrices = matrices.value();
+  std::erase(flags.options.models, "none");
+
+  bench::CompressBenchRow previous;
+  bool first = true;
+  bench::CompressBenchSink sink;
+  sink.row = [&](const bench::CompressBenchRow& row) {
+    std::string text = flags.json ? bench::format_json_line(row)
+                                  : bench::format_table_row(row, first ? nullptr : &previous);
+    std::fputs(text.c_str(), stdout);
+    std::fflush(stdout);
+    previous = row;
+    first = false;
+  };
+  // Notes go to stderr with --json, so stdout stays one record per line.
+  sink.note = [&](const std::string& text) {
+    std::fputs(("# " + text + "\n").c_str(), flags.json ? stderr : stdout);
+    std::fflush(flags.json ? stderr : stdout);
+  };
+  Status status = bench::run_compress_bench(flags.options, sink);
+  return status.is_ok() ? 0 : report_error(status);
+}
+
+void add_compress_bench_command(CLI::App& bench, int& exit_code) {
+  auto flags = std::make_shared<CompressBenchFlags>();
+  bench::CompressBenchOptions& o = flags->options;
+  CLI::App* compress = bench.add_subcommand(
+      "compress",
+      "Compressor speed per tensor size and model: time, GB/s, vs a memory read and torch::topk");
+  compress
+      ->add_option("--compressors", flags->compressors,
+                   "Compressor specs, comma-separated (default: one per registered compressor "
+                   "at --density; see --list)")
+      ->type_name("SPEC,...");
+  compress
+      ->add_option("--sizes", flags->sizes,
+                   "Single-tensor sizes in elements; n divisible by 1000 runs as [n/1000, 1000] "
+                   "('none' to skip)")
+      ->delimiter(',')
+      ->capture_default_str();
+  compress->add_option("--matrices", flags->matrices, "Extra 2-D tensors, e.g. 2048x2048 ('none')")
+      ->delimiter(',')
+      ->capture_default_str();
+  compress
+      ->add_option("--models", o.models,
+                   "Model shape lists (bench/shapes/<name>.txt, or a path; 'none' to skip)")
+      ->delimiter(',')
+      ->capture_default_str();
+  compress->add_option("--shapes-dir", o.shapes_dir,
+                       "Directory of model shape lists (default: $FRUGAL_SHAPES_DIR, else the "
+                       "checkout's bench/shapes)");
+  compress
+      ->add_option("--density", o.density,
+                   "Density of the default specs and of the torch::topk baseline (specs with a "
+                   "density parameter use theirs)")
+      ->capture_default_str();
+  compress->add_option("--repeat", o.repeat, "Timed samples per measurement (median reported)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  compress
+      ->add_option("--threads", o.threads,
+                   "Threads: the compressors' pool plus the caller, and LibTorch's intra-op "
+                   "threads")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  compress->add_option("--seed", o.seed, "Seed of the data and the compressors")
+      ->capture_default_str();
+  compress->add_flag("--json", flags->json, "Print one JSON record per row instead of a table");
+  compress->add_flag("--list", flags->list,
+                     "List the registered compressors, the default specs and the models");
+  compress->callback([flags, &exit_code] { exit_code = run_compress_bench_command(*flags); });
+}
+
 }  // namespace
 
 void add_bench_commands(CLI::App& app, int& exit_code, const std::vector<std::string>& argv) {
@@ -109,6 +262,8 @@ void add_bench_commands(CLI::App& app, int& exit_code, const std::vector<std::st
                  "Verify before each collective that all ranks agree (adds a round trip)");
   comm->add_flag("--json", flags->json, "Print one JSON record per row instead of a table");
   comm->callback([flags, &exit_code, argv] { exit_code = run_comm_bench_command(*flags, argv); });
+
+  add_compress_bench_command(*bench, exit_code);
 }
 
 }  // namespace frugal::cli
