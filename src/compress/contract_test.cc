@@ -115,8 +115,7 @@ TEST_P(ContractTest, NonFiniteGradientIsAnError) {
     auto used = c->compress(id, {grad.data(), DType::kF32, {64, 32}}, out, {0, 0});
     ASSERT_FALSE(used.is_ok()) << "value " << bad;
     EXPECT_EQ(used.status().code(), StatusCode::kInvalidArgument);
-    EXPECT_NE(used.status().message().find("'w'"), std::string::npos)
-        << used.status().message();
+    EXPECT_NE(used.status().message().find("'w'"), std::string::npos) << used.status().message();
   }
 }
 

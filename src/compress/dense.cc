@@ -53,8 +53,8 @@ class DenseCompressor final : public CompressorBase {
       const float* values = static_cast<const float*>(grad.data);
       for (size_t i = 0; i < n; ++i) {
         exponent_or |= non_finite_bits(in[i]) ? 1 : 0;
-        store(p + 2 * i, wire_dtype_ == DType::kF16 ? f32_to_f16(values[i])
-                                                    : f32_to_bf16(values[i]));
+        store(p + 2 * i,
+              wire_dtype_ == DType::kF16 ? f32_to_f16(values[i]) : f32_to_bf16(values[i]));
       }
     }
     if (exponent_or != 0) return non_finite_error(id);
@@ -97,7 +97,11 @@ CompressorFactory dense_factory(DType wire_dtype) {
 
 std::vector<CompressorEntry> dense_compressor_entries() {
   return {
-      {"none", "dense f32, summed by allreduce (the baseline)", {}, InnerSpec::kNone, {"none"},
+      {"none",
+       "dense f32, summed by allreduce (the baseline)",
+       {},
+       InnerSpec::kNone,
+       {"none"},
        dense_factory(DType::kF32)},
       {"fp16",
        "dense f16, summed by allreduce; fp16(inner) sends inner's values as f16",

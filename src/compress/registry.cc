@@ -7,10 +7,10 @@ namespace {
 
 std::vector<CompressorEntry> all_entries() {
   std::vector<CompressorEntry> entries;
-  for (auto family : {dense_compressor_entries, topk_compressor_entries,
-                      adtopk_compressor_entries, estimator_compressor_entries,
-                      quantizer_compressor_entries, sign_compressor_entries,
-                      powersgd_compressor_entries, memory_compressor_entries}) {
+  for (auto family :
+       {dense_compressor_entries, topk_compressor_entries, adtopk_compressor_entries,
+        estimator_compressor_entries, quantizer_compressor_entries, sign_compressor_entries,
+        powersgd_compressor_entries, memory_compressor_entries}) {
     for (CompressorEntry& e : family()) entries.push_back(std::move(e));
   }
   return entries;
@@ -82,8 +82,8 @@ const std::vector<CompressorEntry>& compressor_registry() {
 Result<std::unique_ptr<Compressor>> make_compressor(std::string_view spec,
                                                     const CompressorContext& context) {
   if (context.world_size < 1) {
-    return invalid_argument("compressor context: world_size " +
-                            std::to_string(context.world_size) + " must be >= 1");
+    return invalid_argument("compressor context: world_size " + std::to_string(context.world_size) +
+                            " must be >= 1");
   }
   FRUGAL_ASSIGN_OR_RETURN(SpecNode node, parse_spec(spec));
   return build(node, DType::kF32, context, spec);

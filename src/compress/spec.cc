@@ -102,8 +102,8 @@ Status ParamReader::bad_value(std::string_view key, const std::string& value,
                           " is invalid; valid: " + valid);
 }
 
-Result<double> ParamReader::real(std::string_view key, double default_value, double min,
-                                 double max, bool min_exclusive) const {
+Result<double> ParamReader::real(std::string_view key, double default_value, double min, double max,
+                                 bool min_exclusive) const {
   const std::string* text = find(key);
   const std::string range = format_param(min) + (min_exclusive ? " < " : " <= ") +
                             std::string(key) + " <= " + format_param(max);
