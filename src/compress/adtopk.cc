@@ -34,6 +34,7 @@
 #include <cstring>
 
 #include "compress/adtopk_kernels.h"
+#include "compress/bytes.h"
 #include "compress/compressor_base.h"
 #include "compress/registry.h"
 #include "compress/sparse_payload.h"
@@ -85,17 +86,6 @@ struct PolicyState {
   std::vector<uint32_t> selected;  // scratch for the exact path's indices
 };
 constexpr size_t kPolicyCounters = 6;
-
-template <typename T>
-void store(std::byte* p, T value) {
-  std::memcpy(p, &value, sizeof(T));
-}
-template <typename T>
-T load(const std::byte* p) {
-  T value;
-  std::memcpy(&value, p, sizeof(T));
-  return value;
-}
 
 inline float bits_to_float(uint32_t bits) {
   float v;

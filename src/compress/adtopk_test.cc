@@ -14,6 +14,7 @@
 
 #include "compress/adtopk_kernels.h"
 #include "compress/registry.h"
+#include "compress/testing/test_data.h"
 #include "core/thread_pool.h"
 
 namespace frugal {
@@ -34,13 +35,7 @@ std::vector<float> tied_values(int64_t n, uint32_t seed, int distinct = 7) {
   return v;
 }
 
-std::vector<float> gaussian(int64_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 engine(seed);
-  std::normal_distribution<float> normal(0.0f, scale);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = normal(engine);
-  return v;
-}
+using testing::gaussian;
 
 // The reference: indices (ascending) of the k largest |x| of `values`, ties to the lower index,
 // from a sorted copy.

@@ -10,6 +10,7 @@
 
 #include "compress/registry.h"
 #include "compress/testing/serial_exchange.h"
+#include "compress/testing/test_data.h"
 
 namespace frugal {
 namespace {
@@ -22,13 +23,7 @@ std::vector<std::string> all_example_specs() {
   return specs;
 }
 
-std::vector<float> gaussian(int64_t n, uint32_t seed) {
-  std::mt19937 engine(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = normal(engine);
-  return v;
-}
+using testing::gaussian;
 
 class ContractTest : public ::testing::TestWithParam<std::string> {
  protected:

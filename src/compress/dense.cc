@@ -3,22 +3,12 @@
 // bf16(inner) build `inner` with its values sent as f16 or bf16.
 #include <cstring>
 
+#include "compress/bytes.h"
 #include "compress/compressor_base.h"
 #include "compress/registry.h"
 
 namespace frugal {
 namespace {
-
-template <typename T>
-void store(std::byte* p, T value) {
-  std::memcpy(p, &value, sizeof(T));
-}
-template <typename T>
-T load(const std::byte* p) {
-  T value;
-  std::memcpy(&value, p, sizeof(T));
-  return value;
-}
 
 // True when the IEEE exponent of `bits` is all ones (Inf or NaN).
 inline bool non_finite_bits(uint32_t bits) { return (bits & 0x7F800000u) == 0x7F800000u; }

@@ -128,6 +128,7 @@ class EstimatorCompressor : public SparseCompressor {
 };
 
 // dgc (Lin et al., ICLR 2018): the threshold is the k_s-th largest magnitude of a random sample
+// (drawn as random blocks of 16 consecutive elements)
 // of s = max(ceil(sample * n), min(n, 1024)) elements (k_s = ceil(s * density)); selections below
 // 0.8k lower the threshold by 0.8 (at most 10 rounds), selections above 1.3k keep the exact top-k
 // among the selected. Optional warm-up: density decays exponentially from 0.25 at step 0 to D at
@@ -166,9 +167,16 @@ class DgcCompressor final : public EstimatorCompressor {
     if (samples == n) {
       for (int64_t i = 0; i < n; ++i) keys[i] = magnitude_key(x[i]);
     } else {
+      // Sampled in blocks of kSampleBlock consecutive elements (one cache line) at random
+      // offsets: a 16th of the random reads and RNG draws of element-wise sampling, which
+      // dominated the compress time, for an estimate the 0.8/1.3 adjustment corrects anyway.
       Rng rng(context().seed, step.step, tensor(id).name, RngPurpose::kSampling);
-      for (int64_t i = 0; i < samples; ++i) {
-        keys[i] = magnitude_key(x[rng.below(static_cast<uint64_t>(n))]);
+      const auto starts = static_cast<uint64_t>(n - kSampleBlock + 1);
+      for (int64_t i = 0; i < samples; i += kSampleBlock) {
+        const auto start = static_cast<int64_t>(rng.below(starts));
+        for (int64_t j = 0; j < kSampleBlock && i + j < samples; ++j) {
+          keys[i + j] = magnitude_key(x[start + j]);
+        }
       }
     }
     const auto sample_k = std::clamp<int64_t>(
@@ -196,6 +204,7 @@ class DgcCompressor final : public EstimatorCompressor {
  private:
   static constexpr int kMaxLoweringRounds = 10;
   static constexpr double kWarmupDensity = 0.25;
+  static constexpr int64_t kSampleBlock = 16;  // samples >= 1024 > kSampleBlock when sampling
 
   // DGC's compress_upper_bound: floor(1.3 k).
   static int64_t upper(int64_t k) { return scaled_count(k, 13, 10); }

@@ -12,19 +12,14 @@
 #include "compress/registry.h"
 #include "compress/rng.h"
 #include "compress/testing/serial_exchange.h"
+#include "compress/testing/test_data.h"
 
 namespace frugal {
 namespace {
 
 constexpr uint64_t kSeed = 11;
 
-std::vector<float> gaussian(int64_t n, uint32_t seed) {
-  std::mt19937 engine(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = normal(engine);
-  return v;
-}
+using testing::gaussian;
 
 std::vector<std::unique_ptr<Compressor>> make_ranks(const std::string& spec, int world,
                                                     const std::vector<TensorInfo>& tensors) {

@@ -28,6 +28,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "compress/bytes.h"
 #include "compress/compressor_base.h"
 #include "compress/randomk.h"
 #include "compress/registry.h"
@@ -45,17 +46,6 @@ __extension__ using Uint128 = unsigned __int128;  // GCC/Clang builtin; -Wpedant
 constexpr size_t kBlock = 2048;
 
 #define QUANTIZER_KERNEL __attribute__((target_clones("avx512f", "avx2", "default")))
-
-template <typename T>
-T load(const std::byte* p) {
-  T value;
-  std::memcpy(&value, p, sizeof(T));
-  return value;
-}
-template <typename T>
-void store(std::byte* p, T value) {
-  std::memcpy(p, &value, sizeof(T));
-}
 
 // Two uniforms in [0, 1) with 24 bits each per 64-bit draw (exact in f32).
 void fill_uniforms(Rng& rng, float* u, size_t n) {

@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "compress/registry.h"
+#include "compress/testing/test_data.h"
 
 namespace frugal {
 namespace {
@@ -23,13 +24,7 @@ std::unique_ptr<Compressor> make(const std::string& spec, uint64_t seed = 7) {
   return made.is_ok() ? std::move(made).value() : nullptr;
 }
 
-std::vector<float> gaussian(int64_t n, uint32_t seed) {
-  std::mt19937 engine(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = normal(engine);
-  return v;
-}
+using testing::gaussian;
 
 std::vector<std::byte> compress(Compressor& c, TensorId id, const std::vector<float>& grad,
                                 int64_t step) {

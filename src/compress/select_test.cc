@@ -1,6 +1,7 @@
 // Selection kernels against brute-force references: exact top-k (a stably sorted copy, ties to
 // the lower index), the threshold filter, counts, tail statistics and the non-finite reports.
 #include "compress/select.h"
+#include "compress/testing/test_data.h"
 
 #include <algorithm>
 #include <cmath>
@@ -13,13 +14,7 @@
 namespace frugal {
 namespace {
 
-std::vector<float> gaussian(size_t n, uint32_t seed) {
-  std::mt19937 engine(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (float& x : v) x = normal(engine);
-  return v;
-}
+using testing::gaussian;
 
 // Ties on purpose: values on a coarse grid of quarters, signs mixed, a share of exact zeros.
 std::vector<float> tied(size_t n, uint32_t seed) {

@@ -33,22 +33,12 @@
 #include <cstring>
 
 #include "compress/bit_pack.h"
+#include "compress/bytes.h"
 #include "compress/compressor_base.h"
 #include "compress/registry.h"
 
 namespace frugal {
 namespace {
-
-template <typename T>
-T load(const std::byte* p) {
-  T value;
-  std::memcpy(&value, p, sizeof(T));
-  return value;
-}
-template <typename T>
-void store(std::byte* p, T value) {
-  std::memcpy(p, &value, sizeof(T));
-}
 
 // What the sign compressors share: the chunk layout of a two-phase payload.
 class TwoPhaseSignBase : public CompressorBase {

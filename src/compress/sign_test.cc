@@ -11,17 +11,12 @@
 #include "compress/bit_pack.h"
 #include "compress/registry.h"
 #include "compress/testing/serial_exchange.h"
+#include "compress/testing/test_data.h"
 
 namespace frugal {
 namespace {
 
-std::vector<float> gaussian(int64_t n, uint32_t seed) {
-  std::mt19937 engine(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = normal(engine);
-  return v;
-}
+using testing::gaussian;
 
 std::unique_ptr<Compressor> make(const std::string& spec, int world_size) {
   CompressorContext context;

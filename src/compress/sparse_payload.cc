@@ -2,23 +2,9 @@
 
 #include <cstring>
 
+#include "compress/bytes.h"
+
 namespace frugal {
-namespace {
-
-template <typename T>
-T load(const std::byte* p) {
-  T value;
-  std::memcpy(&value, p, sizeof(T));
-  return value;
-}
-
-template <typename T>
-void store(std::byte* p, T value) {
-  std::memcpy(p, &value, sizeof(T));
-}
-
-}  // namespace
-
 size_t sparse_payload_bytes(int64_t count, DType value_dtype) {
   return 4 + static_cast<size_t>(count) * (4 + dtype_size(value_dtype));
 }

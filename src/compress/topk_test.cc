@@ -10,17 +10,12 @@
 #include <gtest/gtest.h>
 
 #include "compress/registry.h"
+#include "compress/testing/test_data.h"
 
 namespace frugal {
 namespace {
 
-std::vector<float> gaussian(int64_t n, uint32_t seed) {
-  std::mt19937 engine(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = normal(engine);
-  return v;
-}
+using testing::gaussian;
 
 std::unique_ptr<Compressor> make(const std::string& spec) {
   auto made = make_compressor(spec, {});
