@@ -1,0 +1,29 @@
+#include "engine/bucket.h"
+
+#include <algorithm>
+
+namespace frugal {
+
+std::vector<Bucket> plan_buckets(std::span<const size_t> tensor_bytes,
+                                 size_t fusion_threshold_bytes, size_t first_bucket_bytes) {
+  std::vector<Bucket> buckets;
+  for (size_t i = 0; i < tensor_bytes.size(); ++i) {
+    const size_t bytes = tensor_bytes[i];
+    // The cap of the bucket being filled: the first one is small so that the first collective
+    // starts while most of backward is still ahead.
+    const size_t cap = buckets.size() == 1 ? std::min(first_bucket_bytes, fusion_threshold_bytes)
+                                           : fusion_threshold_bytes;
+    const bool fits = !buckets.empty() && buckets.back().bytes + bytes <= cap;
+    if (!fits) {
+      Bucket bucket;
+      bucket.index = static_cast<int>(buckets.size());
+      buckets.push_back(std::move(bucket));
+    }
+    Bucket& bucket = buckets.back();
+    bucket.tensors.push_back({static_cast<TensorId>(i), bucket.bytes, bytes});
+    bucket.bytes += bytes;
+  }
+  return buckets;
+}
+
+}  // namespace frugal

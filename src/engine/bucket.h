@@ -1,0 +1,35 @@
+// Bucket planning: which consecutive registered tensors are fused into one collective. Pure
+// functions and plain structs; thread-safe.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "compress/compressor.h"  // TensorId
+
+namespace frugal {
+
+// Where one tensor lies inside its bucket's fusion buffer.
+struct TensorSlot {
+  TensorId id = 0;
+  size_t offset_bytes = 0;  // from the start of the bucket
+  size_t bytes = 0;
+};
+
+// A group of consecutive tensors (in registration = backward order) exchanged by one collective.
+struct Bucket {
+  int index = 0;  // launch order: every rank launches bucket 0, 1, 2, ... in this order
+  std::vector<TensorSlot> tensors;
+  size_t bytes = 0;  // sum of the tensors' bytes
+};
+
+// Packs tensors, in the given order, greedily into buckets of at most `fusion_threshold_bytes`
+// (Horovod's rule); the first bucket is capped at min(first_bucket_bytes, fusion_threshold_bytes)
+// so that communication starts early in backward (PyTorch DDP's rule). A tensor larger than the
+// cap gets a bucket of its own. fusion_threshold_bytes == 0 gives one bucket per tensor (WFBP).
+std::vector<Bucket> plan_buckets(std::span<const size_t> tensor_bytes,
+                                 size_t fusion_threshold_bytes, size_t first_bucket_bytes);
+
+}  // namespace frugal
