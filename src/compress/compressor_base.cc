@@ -93,6 +93,12 @@ Status CompressorBase::corrupt_payload(TensorId id, const std::string& detail) c
   return data_loss(spec() + ": payload of tensor '" + tensor(id).name + "' is corrupt: " + detail);
 }
 
+Status CompressorBase::check_payload_size(TensorId id, ConstBytes payload, size_t expected) const {
+  if (payload.size() == expected) return Status::ok();
+  return corrupt_payload(
+      id, std::to_string(payload.size()) + " bytes; expected " + std::to_string(expected));
+}
+
 Status CompressorDecorator::on_register(TensorId id, const TensorInfo& info) {
   FRUGAL_ASSIGN_OR_RETURN(TensorId inner_id, inner_->register_tensor(info));
   FRUGAL_CHECK(inner_id == id, "decorator and inner compressor disagree on tensor ids");

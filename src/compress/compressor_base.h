@@ -41,6 +41,8 @@ class CompressorBase : public Compressor {
   Status non_finite_error(TensorId id) const;
   // "payload of tensor 'fc1.weight' is corrupt: <detail>"
   Status corrupt_payload(TensorId id, const std::string& detail) const;
+  // corrupt_payload unless `payload` is exactly `expected` bytes (fixed-size formats).
+  Status check_payload_size(TensorId id, ConstBytes payload, size_t expected) const;
 
  private:
   CompressorContext context_;

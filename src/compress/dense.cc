@@ -53,10 +53,7 @@ class DenseCompressor final : public CompressorBase {
 
   Status decompress_accumulate(TensorId id, ConstBytes payload, MutableView accum) override {
     FRUGAL_RETURN_IF_ERROR(check_view(id, accum, "accumulator"));
-    if (payload.size() != max_compressed_bytes(id)) {
-      return corrupt_payload(id, std::to_string(payload.size()) + " bytes; expected " +
-                                     std::to_string(max_compressed_bytes(id)));
-    }
+    FRUGAL_RETURN_IF_ERROR(check_payload_size(id, payload, max_compressed_bytes(id)));
     auto out = accum.typed<float>();
     const std::byte* p = payload.data();
     if (wire_dtype_ == DType::kF32) {

@@ -15,6 +15,7 @@ namespace {
 
 using memory_testing::compress_once;
 using memory_testing::decode;
+using memory_testing::expect_rejected;
 using memory_testing::f32_entry;
 using memory_testing::gaussian;
 using memory_testing::make_test_compressor;
@@ -139,14 +140,6 @@ TEST(ErrorFeedbackTest, StateRoundTripAndRejections) {
       << "a failed import changed the state";
   ASSERT_TRUE(b->import_state({}).is_ok());  // no saved state: reset
   EXPECT_EQ(f32_entry(b->export_state(), "w:ef.residual"), std::vector<float>(64, 0.0f));
-}
-
-void expect_rejected(std::string_view spec, std::string_view message_part) {
-  auto made = make_test_compressor(spec);
-  ASSERT_FALSE(made.is_ok()) << spec << " was accepted";
-  EXPECT_EQ(made.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(made.status().message().find(message_part), std::string::npos)
-      << spec << ": " << made.status().message();
 }
 
 TEST(ErrorFeedbackTest, RejectsNestedMemoriesTwoPhaseAndMultiRoundInners) {

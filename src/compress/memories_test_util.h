@@ -12,9 +12,12 @@
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
+
 #include "compress/compressor_base.h"
 #include "compress/registry.h"
 #include "compress/sparse_payload.h"
+#include "compress/testing/test_data.h"
 
 namespace frugal::memory_testing {
 
@@ -126,12 +129,15 @@ inline Result<std::unique_ptr<Compressor>> make_test_compressor(std::string_view
   return build_node(node, DType::kF32, context);
 }
 
-inline std::vector<float> gaussian(int64_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 engine(seed);
-  std::normal_distribution<float> normal(0.0f, scale);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = normal(engine);
-  return v;
+using frugal::testing::gaussian;
+
+// Expects `spec` to be rejected as InvalidArgument with `message_part` in the message.
+inline void expect_rejected(std::string_view spec, std::string_view message_part) {
+  auto made = make_test_compressor(spec);
+  ASSERT_FALSE(made.is_ok()) << spec << " was accepted";
+  EXPECT_EQ(made.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(made.status().message().find(message_part), std::string::npos)
+      << spec << ": " << made.status().message();
 }
 
 // Compresses and returns the payload (empty on error, with a test failure reported by caller).

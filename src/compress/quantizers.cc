@@ -204,10 +204,7 @@ class QsgdCompressor final : public CompressorBase {
 
   Status decompress_accumulate(TensorId id, ConstBytes payload, MutableView accum) override {
     FRUGAL_RETURN_IF_ERROR(check_view(id, accum, "accumulator"));
-    if (payload.size() != max_compressed_bytes(id)) {
-      return corrupt_payload(id, std::to_string(payload.size()) + " bytes; expected " +
-                                     std::to_string(max_compressed_bytes(id)));
-    }
+    FRUGAL_RETURN_IF_ERROR(check_payload_size(id, payload, max_compressed_bytes(id)));
     const auto n = static_cast<size_t>(numel(id));
     const size_t bucket = bucket_size(n);
     const size_t buckets = num_buckets(n);
@@ -397,10 +394,7 @@ class TernGradCompressor final : public CompressorBase {
 
   Status decompress_accumulate(TensorId id, ConstBytes payload, MutableView accum) override {
     FRUGAL_RETURN_IF_ERROR(check_view(id, accum, "accumulator"));
-    if (payload.size() != max_compressed_bytes(id)) {
-      return corrupt_payload(id, std::to_string(payload.size()) + " bytes; expected " +
-                                     std::to_string(max_compressed_bytes(id)));
-    }
+    FRUGAL_RETURN_IF_ERROR(check_payload_size(id, payload, max_compressed_bytes(id)));
     const auto s = load<float>(payload.data());
     if (!(s >= 0 && s <= FLT_MAX)) {
       return corrupt_payload(id, "scale " + std::to_string(s) + " is not finite and >= 0");

@@ -18,6 +18,7 @@ using memory_internal::GroupingRule;
 using memory_internal::kept_count;
 using memory_testing::compress_once;
 using memory_testing::decode;
+using memory_testing::expect_rejected;
 using memory_testing::f32_entry;
 using memory_testing::gaussian;
 using memory_testing::i32_entry;
@@ -422,14 +423,6 @@ TEST(ResiReduceTest, ConcurrentCompressionMatchesSerial) {
     for (auto& t : threads) t.join();
     EXPECT_EQ(got, expected) << "step " << step;
   }
-}
-
-void expect_rejected(std::string_view spec, std::string_view message_part) {
-  auto made = make_test_compressor(spec);
-  ASSERT_FALSE(made.is_ok()) << spec << " was accepted";
-  EXPECT_EQ(made.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(made.status().message().find(message_part), std::string::npos)
-      << spec << ": " << made.status().message();
 }
 
 TEST(ResiReduceTest, Rejections) {
