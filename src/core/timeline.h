@@ -16,7 +16,7 @@
 
 namespace frugal {
 
-// Well-known phase names, shared by the engine and checkpointing.
+// Well-known phase names, shared by the engine, the trainer and checkpointing.
 namespace phase {
 inline constexpr std::string_view kQueue = "QUEUE";
 inline constexpr std::string_view kCompress = "COMPRESS";
@@ -26,6 +26,11 @@ inline constexpr std::string_view kDecompress = "DECOMPRESS";
 inline constexpr std::string_view kWait = "WAIT";
 inline constexpr std::string_view kSnapshot = "SNAPSHOT";
 inline constexpr std::string_view kPersist = "PERSIST";
+// The training loop's own phases (torch/ Trainer).
+inline constexpr std::string_view kForward = "FORWARD";
+inline constexpr std::string_view kBackward = "BACKWARD";
+inline constexpr std::string_view kOptimizer = "OPTIMIZER";
+inline constexpr std::string_view kEval = "EVAL";
 }  // namespace phase
 
 struct TraceEvent {

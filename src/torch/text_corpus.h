@@ -32,8 +32,8 @@ inline int64_t sequences_in(const std::vector<uint8_t>& tokens, int64_t seq_len)
 Result<TextCorpus> load_text_corpus(const std::string& path, int64_t seq_len,
                                     double test_fraction = 0.1);
 
-// A text drawn from a fixed random order-2 Markov chain over `vocab_size` symbols (seeded), so a
-// language model has structure to learn; for benchmarks and tests without files.
+// A text drawn from a fixed random first-order Markov chain over `vocab_size` symbols (seeded), so
+// a language model has structure to learn; for benchmarks and tests without files.
 TextCorpus make_synthetic_text(int64_t train_tokens, int64_t test_tokens, int vocab_size,
                                uint64_t seed);
 

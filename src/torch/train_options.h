@@ -1,0 +1,55 @@
+// Everything that configures a training run, as plain structs: what `frugal train` parses its
+// flags into and what the Trainer, the datasets and the optimizers take. LibTorch-free, so the
+// command line compiles without LibTorch.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "torch/lr_schedule.h"
+
+namespace frugal {
+
+struct DataOptions {
+  // "fashion-mnist", "synthetic" or "text"; "auto" picks fashion-mnist for image models and
+  // text for language models.
+  std::string dataset = "auto";
+  std::string data_dir;   // fashion-mnist: the IDX directory ("" = Debian's)
+  std::string data_path;  // text: the corpus file
+  int64_t seq_len = 64;   // language models: tokens per training sequence
+  uint64_t seed = 1;      // synthetic data
+  int64_t synthetic_train_size = 60000;
+  int64_t synthetic_test_size = 10000;
+};
+
+struct OptimizerOptions {
+  std::string name = "sgd";  // "sgd", "adam" or "adamw"
+  double lr = 0.05;
+  double momentum = 0.9;  // sgd
+  bool nesterov = false;  // sgd; needs momentum > 0
+  // sgd and adam: L2 added to the gradient; adamw: decoupled decay (Loshchilov & Hutter).
+  double weight_decay = 0.0;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;  // adam, adamw
+};
+
+struct TrainerOptions {
+  std::string model = "mlp";
+  DataOptions data;
+  OptimizerOptions optimizer;
+  LrSchedule schedule;
+  int64_t epochs = 3;
+  int64_t steps = 0;         // > 0: train exactly this many steps (epochs then follow from it)
+  int64_t batch_size = 64;   // per worker
+  int64_t eval_batch_size = 1000;
+  bool evaluate = true;      // evaluate on the test split at each epoch end and at the end
+  uint64_t seed = 1;         // weights, shuffling and synthetic data
+  int threads = 0;           // this rank's LibTorch intra-op threads; 0 = leave as is
+  size_t fusion_threshold_bytes = size_t{25} << 20;  // 0 = one bucket per tensor (WFBP)
+  size_t first_bucket_bytes = size_t{1} << 20;
+  int64_t check_replicas_every = 0;  // > 0: verify bit-identical parameters every N steps
+  // Steps left out of samples_per_s at the start (allocation, first-touch, connection set-up).
+  int64_t timing_warmup_steps = 5;
+};
+
+}  // namespace frugal
