@@ -1,7 +1,6 @@
 // LibTorch reference kernels the benchmarks compare against (torch::topk). The only place bench/
-// touches LibTorch: torch_baseline.cc when CMake found it, torch_baseline_stub.cc otherwise, so
-// no other file pays LibTorch's compile time. Thread-safe as LibTorch is (one caller at a time
-// for set_torch_threads).
+// touches LibTorch (torch_baseline.cc), so no other bench file pays LibTorch's compile time.
+// Thread-safe as LibTorch is (one caller at a time for set_torch_threads).
 #pragma once
 
 #include <cstdint>

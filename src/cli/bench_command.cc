@@ -44,18 +44,10 @@ int run_comm_bench_command(const CommBenchFlags& flags, const std::vector<std::s
                                          " is invalid; it must be >= 1"));
   }
   if (flags.backend == "local") {
-    auto group = make_local_group(flags.workers, flags.timeout_ms);
-    if (!group.is_ok()) return report_error(group.status());
-    std::vector<Status> results(flags.workers);
-    std::vector<std::thread> ranks;
-    for (int r = 0; r < flags.workers; ++r) {
-      ranks.emplace_back([&, r] { results[r] = bench_one_rank(*group.value()[r], flags); });
-    }
-    for (auto& t : ranks) t.join();
-    for (const Status& s : results) {
-      if (!s.is_ok()) return report_error(s);
-    }
-    return 0;
+    Status status = run_thread_ranks(flags.workers, flags.timeout_ms, [&](Communicator& comm) {
+      return bench_one_rank(comm, flags);
+    });
+    return status.is_ok() ? 0 : report_error(status);
   }
   if (auto parent_exit = launch_ranks_if_parent(flags.backend, flags.workers, argv)) {
     return *parent_exit;

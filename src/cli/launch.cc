@@ -5,7 +5,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
+#include "comm/factory.h"
 #include "comm/launcher.h"
 
 namespace frugal::cli {
@@ -68,6 +70,22 @@ std::optional<int> launch_ranks_if_parent(const std::string& backend, int worker
     return exec_mpirun(workers, argv);
   }
   return std::nullopt;
+}
+
+Status run_thread_ranks(int workers, int64_t timeout_ms,
+                        const std::function<Status(Communicator&)>& body) {
+  FRUGAL_ASSIGN_OR_RETURN(auto group, make_local_group(workers, timeout_ms));
+  std::vector<Status> results(static_cast<size_t>(workers));
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < workers; ++r) {
+    ranks.emplace_back([&, r] { results[static_cast<size_t>(r)] = body(*group[r]); });
+  }
+  for (auto& t : ranks) t.join();
+  for (int r = 0; r < workers; ++r) {
+    const Status& s = results[static_cast<size_t>(r)];
+    if (!s.is_ok()) return s.with_context("rank " + std::to_string(r));
+  }
+  return Status::ok();
 }
 
 Result<CommConfig> rank_comm_config(CommConfig base) {

@@ -3,11 +3,13 @@
 // the ranks. Shared by every subcommand that takes --workers. Not thread-safe (process-level).
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "comm/comm_config.h"
+#include "comm/communicator.h"
 
 namespace frugal::cli {
 
@@ -16,6 +18,11 @@ namespace frugal::cli {
 // Otherwise returns nullopt: this process is a rank (or runs thread-ranks for "local").
 std::optional<int> launch_ranks_if_parent(const std::string& backend, int workers,
                                           const std::vector<std::string>& argv);
+
+// Runs body(comm) on `workers` thread-ranks of a local-backend group (the "local" backend of
+// every subcommand) and returns the first failure, naming its rank.
+Status run_thread_ranks(int workers, int64_t timeout_ms,
+                        const std::function<Status(Communicator&)>& body);
 
 // This process's CommConfig: flags in `base`, overridden by the environment set by the
 // launcher, torchrun or mpirun.

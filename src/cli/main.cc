@@ -7,6 +7,7 @@
 
 #include "cli/bench_command.h"
 #include "cli/launch.h"
+#include "cli/train_command.h"
 
 int main(int argc, char** argv) {
   const std::vector<std::string> args(argv, argv + argc);
@@ -15,13 +16,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(0, 1);
   int exit_code = 0;
 
-  CLI::App* train = app.add_subcommand("train", "Train a model data-parallel on several workers");
-  train->allow_extras();
-  train->callback([&exit_code] {
-    exit_code = frugal::cli::report_error(frugal::unimplemented(
-        "'frugal train' is not built yet: the distributed trainer is the next milestone; "
-        "available now: frugal bench comm"));
-  });
+  frugal::cli::add_train_command(app, exit_code, args);
   frugal::cli::add_bench_commands(app, exit_code, args);
 
   try {

@@ -27,7 +27,6 @@ Status validate(const LrSchedule& schedule);
 // The rate for 0-based `step` of `total_steps`. Warm-up steps s < warmup_steps use
 // base * (s + 1) / warmup_steps; cosine then goes from base (first step after warm-up) to
 // base * min_lr_ratio (last step).
-double learning_rate_at(const LrSchedule& schedule, double base, int64_t step,
-                        int64_t total_steps);
+double learning_rate_at(const LrSchedule& schedule, double base, int64_t step, int64_t total_steps);
 
 }  // namespace frugal

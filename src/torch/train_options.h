@@ -39,12 +39,12 @@ struct TrainerOptions {
   OptimizerOptions optimizer;
   LrSchedule schedule;
   int64_t epochs = 3;
-  int64_t steps = 0;         // > 0: train exactly this many steps (epochs then follow from it)
-  int64_t batch_size = 64;   // per worker
+  int64_t steps = 0;        // > 0: train exactly this many steps (epochs then follow from it)
+  int64_t batch_size = 64;  // per worker
   int64_t eval_batch_size = 1000;
-  bool evaluate = true;      // evaluate on the test split at each epoch end and at the end
-  uint64_t seed = 1;         // weights, shuffling and synthetic data
-  int threads = 0;           // this rank's LibTorch intra-op threads; 0 = leave as is
+  bool evaluate = true;  // evaluate on the test split at each epoch end and at the end
+  uint64_t seed = 1;     // weights, shuffling and synthetic data
+  int threads = 0;       // this rank's LibTorch intra-op threads; 0 = leave as is
   size_t fusion_threshold_bytes = size_t{25} << 20;  // 0 = one bucket per tensor (WFBP)
   size_t first_bucket_bytes = size_t{1} << 20;
   int64_t check_replicas_every = 0;  // > 0: verify bit-identical parameters every N steps

@@ -183,9 +183,9 @@ Status Trainer::Impl::init() {
   // the reverse of the model's order is the bucket order (DDP's heuristic too).
   sync_ids.resize(params.size());
   for (size_t i = params.size(); i-- > 0;) {
-    FRUGAL_ASSIGN_OR_RETURN(sync_ids[i], sync->register_tensor(param_names[i],
-                                                               Shape(params[i].sizes().begin(),
-                                                                     params[i].sizes().end())));
+    FRUGAL_ASSIGN_OR_RETURN(sync_ids[i],
+                            sync->register_tensor(param_names[i], Shape(params[i].sizes().begin(),
+                                                                        params[i].sizes().end())));
   }
   for (size_t i = 0; i < params.size(); ++i) {
     auto accumulator = torch::autograd::impl::grad_accumulator(params[i]);
@@ -193,8 +193,8 @@ Status Trainer::Impl::init() {
     grad_accumulators.push_back(std::move(accumulator));
   }
 
-  shard = ShardOptions{data->size(Split::kTrain), comm.rank(), comm.size(), options.seed, true,
-                       true};
+  shard =
+      ShardOptions{data->size(Split::kTrain), comm.rank(), comm.size(), options.seed, true, true};
   const int64_t per_rank = shard_size(shard);
   if (per_rank == 0) {
     return invalid_argument("the training split has " + std::to_string(shard.dataset_size) +
@@ -234,8 +234,8 @@ Status Trainer::Impl::step(StepReport* report) {
   const int64_t count =
       std::min<int64_t>(options.batch_size, static_cast<int64_t>(epoch_indices.size()) - begin);
   const Batch batch = data->batch(
-      Split::kTrain, std::span<const int64_t>(epoch_indices).subspan(static_cast<size_t>(begin),
-                                                                    static_cast<size_t>(count)));
+      Split::kTrain, std::span<const int64_t>(epoch_indices)
+                         .subspan(static_cast<size_t>(begin), static_cast<size_t>(count)));
   const double lr =
       learning_rate_at(options.schedule, options.optimizer.lr, step_count, total_steps);
   set_learning_rate(*optimizer, lr);
@@ -264,8 +264,8 @@ Status Trainer::Impl::step(StepReport* report) {
   const double loss_value = loss.item<double>();
   const double seconds = static_cast<double>(now_us() - start_us) * 1e-6;
   const int64_t global_samples = count * comm.size();
-  const int64_t warmup = total_steps > 2 * options.timing_warmup_steps ? options.timing_warmup_steps
-                                                                       : 0;
+  const int64_t warmup =
+      total_steps > 2 * options.timing_warmup_steps ? options.timing_warmup_steps : 0;
   train_seconds += seconds;
   samples += global_samples;
   if (step_count >= warmup) {
@@ -301,8 +301,8 @@ Result<EvalResult> Trainer::Impl::evaluate() {
   FRUGAL_RETURN_IF_ERROR(broadcast_from_rank0(comm, buffers));
   ScopedTraceEvent event(timeline, phase::kEval);
   model->eval();
-  const ShardOptions eval_shard{data->size(Split::kTest), comm.rank(), comm.size(), 0, false,
-                                false};
+  const ShardOptions eval_shard{
+      data->size(Split::kTest), comm.rank(), comm.size(), 0, false, false};
   const std::vector<int64_t> indices = shard_indices(eval_shard, 0);
   // Sums over this rank's shard: loss, correct predictions, predictions.
   std::vector<double> sums(3, 0.0);

@@ -22,17 +22,17 @@ namespace frugal {
 class Model;
 
 struct EvalResult {
-  int64_t samples = 0;  // test samples evaluated, over all ranks
-  double loss = NAN;    // mean cross-entropy per prediction (per token for language models)
+  int64_t samples = 0;      // test samples evaluated, over all ranks
+  double loss = NAN;        // mean cross-entropy per prediction (per token for language models)
   double accuracy = NAN;    // image models: fraction correct
   double perplexity = NAN;  // language models: exp(loss)
 };
 
 struct StepReport {
-  int64_t step = 0;         // steps done, 1-based
+  int64_t step = 0;  // steps done, 1-based
   int64_t total_steps = 0;
-  int64_t epoch = 0;        // 0-based epoch of this step
-  double loss = NAN;        // this rank's training loss on its batch
+  int64_t epoch = 0;  // 0-based epoch of this step
+  double loss = NAN;  // this rank's training loss on its batch
   double lr = 0;
   double step_seconds = 0;   // wall time of this step
   double train_seconds = 0;  // wall time of all steps so far (evaluation excluded)
@@ -41,20 +41,20 @@ struct StepReport {
 };
 
 struct EpochReport {
-  int64_t epoch = 0;     // 0-based
-  int64_t step = 0;      // steps done at its end
+  int64_t epoch = 0;        // 0-based
+  int64_t step = 0;         // steps done at its end
   double train_loss = NAN;  // mean training loss over the epoch's batches and all ranks
-  EvalResult eval;       // samples == 0 when evaluation is off
+  EvalResult eval;          // samples == 0 when evaluation is off
   double train_seconds = 0;
 };
 
 struct TrainSummary {
   int64_t steps = 0;
-  int64_t samples = 0;          // samples trained, all ranks
-  double train_seconds = 0;     // wall time of the steps (evaluation excluded)
-  double samples_per_s = 0;     // all ranks, after the timing warm-up steps
+  int64_t samples = 0;            // samples trained, all ranks
+  double train_seconds = 0;       // wall time of the steps (evaluation excluded)
+  double samples_per_s = 0;       // all ranks, after the timing warm-up steps
   double final_train_loss = NAN;  // of the last epoch
-  EvalResult eval;              // the last evaluation
+  EvalResult eval;                // the last evaluation
   // Per-step means of this rank's Synchronizer counters.
   double bytes_sent_per_step = 0, bytes_received_per_step = 0, dense_bytes_per_step = 0;
   double comm_ms_per_step = 0, wait_ms_per_step = 0;

@@ -39,8 +39,7 @@ std::vector<torch::Tensor> snapshot(Trainer& trainer) {
 // Rank 0's parameters after each of `steps` steps, on `world` thread ranks with per-worker
 // `batch` (and a fusion threshold, to exercise several buckets).
 std::vector<std::vector<torch::Tensor>> parameter_trajectory(int world, int64_t batch,
-                                                             int64_t steps,
-                                                             size_t fusion_bytes) {
+                                                             int64_t steps, size_t fusion_bytes) {
   std::vector<std::vector<torch::Tensor>> trajectory;
   testing::run_in_process_ranks("local", world, kTimeoutMs, [&](Communicator& comm) {
     TrainerOptions o = small_mlp_options();
@@ -72,14 +71,14 @@ TEST(TrainerTest, FourWorkersWithBatchBFollowOneWorkerWithBatch4B) {
                                   /*atol=*/1e-5))
           << "step " << s + 1 << ", parameter " << p << ": max difference "
           << (data_parallel[s][p] - single[s][p]).abs().max().item<double>();
-      max_difference = std::max(
-          max_difference, (data_parallel[s][p] - single[s][p]).abs().max().item<double>());
+      max_difference =
+          std::max(max_difference, (data_parallel[s][p] - single[s][p]).abs().max().item<double>());
     }
   }
   // The tolerance is meaningful only if training moved the weights far more than it.
   for (size_t p = 0; p < single[0].size(); ++p) {
-    max_change = std::max(max_change,
-                          (single[kSteps - 1][p] - single[0][p]).abs().max().item<double>());
+    max_change =
+        std::max(max_change, (single[kSteps - 1][p] - single[0][p]).abs().max().item<double>());
   }
   EXPECT_GT(max_change, 100 * std::max(max_difference, 1e-5));
 }
@@ -120,7 +119,7 @@ TEST(TrainerTest, RankZerosInitialParametersReachEveryRank) {
   std::vector<std::vector<torch::Tensor>> initial(3);
   testing::run_in_process_ranks("local", 3, kTimeoutMs, [&](Communicator& comm) {
     TrainerOptions o = small_mlp_options();
-    o.model = "resnet20";  // parameters and BatchNorm buffers
+    o.model = "resnet20";                               // parameters and BatchNorm buffers
     o.seed = 100 + static_cast<uint64_t>(comm.rank());  // each rank would initialize differently
     auto trainer = Trainer::create(comm, o);
     ASSERT_TRUE(trainer.is_ok()) << trainer.status().message();

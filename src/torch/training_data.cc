@@ -47,11 +47,11 @@ class ImageData final : public TrainingData {
   };
   static Part to_tensors(ImageClassificationSplit split) {
     Part p;
-    p.images = torch::from_blob(split.images.data(), {split.count, split.rows, split.cols},
-                                torch::kUInt8)
-                   .clone();
-    p.labels = torch::from_blob(split.labels.data(), {split.count}, torch::kUInt8)
-                   .to(torch::kInt64);
+    p.images =
+        torch::from_blob(split.images.data(), {split.count, split.rows, split.cols}, torch::kUInt8)
+            .clone();
+    p.labels =
+        torch::from_blob(split.labels.data(), {split.count}, torch::kUInt8).to(torch::kInt64);
     return p;
   }
   const Part& part(Split split) const { return split == Split::kTrain ? train_ : test_; }
@@ -87,8 +87,7 @@ class TextData final : public TrainingData {
     const torch::Tensor starts = index_tensor(indices).mul(seq_len_).unsqueeze(1);
     const torch::Tensor rows = starts + torch::arange(seq_len_ + 1, torch::kInt64).unsqueeze(0);
     const torch::Tensor window = tokens.index_select(0, rows.flatten()).view(rows.sizes());
-    return {window.narrow(1, 0, seq_len_).contiguous(),
-            window.narrow(1, 1, seq_len_).contiguous()};
+    return {window.narrow(1, 0, seq_len_).contiguous(), window.narrow(1, 1, seq_len_).contiguous()};
   }
 
  private:
@@ -105,10 +104,10 @@ class TextData final : public TrainingData {
 
 Result<std::shared_ptr<const TrainingData>> load_images(const DataOptions& o) {
   if (o.dataset == "synthetic") {
-    return std::shared_ptr<const TrainingData>(std::make_shared<ImageData>(
-        "synthetic images (seed " + std::to_string(o.seed) + ")",
-        make_synthetic_images(o.synthetic_train_size, o.seed, 0),
-        make_synthetic_images(o.synthetic_test_size, o.seed, 1)));
+    return std::shared_ptr<const TrainingData>(
+        std::make_shared<ImageData>("synthetic images (seed " + std::to_string(o.seed) + ")",
+                                    make_synthetic_images(o.synthetic_train_size, o.seed, 0),
+                                    make_synthetic_images(o.synthetic_test_size, o.seed, 1)));
   }
   const std::string dir = o.data_dir.empty() ? kDefaultFashionMnistDir : o.data_dir;
   FRUGAL_ASSIGN_OR_RETURN(ImageClassificationSplit train, load_fashion_mnist(dir, "train"));
@@ -143,7 +142,7 @@ const std::vector<std::string>& dataset_names() {
 }
 
 Result<std::shared_ptr<const TrainingData>> load_training_data(const DataOptions& options,
-                                                                ModelTask task) {
+                                                               ModelTask task) {
   const auto& names = dataset_names();
   if (std::find(names.begin(), names.end(), options.dataset) == names.end()) {
     return invalid_argument("unknown dataset '" + options.dataset +

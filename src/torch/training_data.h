@@ -43,6 +43,6 @@ class TrainingData {
 // Loads the dataset for a model of `task`. Fails with the file and problem named, or when the
 // dataset does not suit the task (text for an image model, ...).
 Result<std::shared_ptr<const TrainingData>> load_training_data(const DataOptions& options,
-                                                                ModelTask task);
+                                                               ModelTask task);
 
 }  // namespace frugal

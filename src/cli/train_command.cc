@@ -1,0 +1,317 @@
+#include "cli/train_command.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <thread>
+
+#include "cli/launch.h"
+#include "cli/train_report.h"
+#include "comm/factory.h"
+#include "core/clock.h"
+#include "core/timeline.h"
+#include "torch/models.h"
+#include "torch/optimizer.h"
+#include "torch/trainer.h"
+#include "torch/training_data.h"
+
+namespace frugal::cli {
+namespace {
+
+struct TrainFlags {
+  int workers = 2;
+  std::string backend = "gloo";
+  TrainerOptions trainer;
+  double lr = 0;  // 0: the optimizer's default
+  std::string progress = "auto";
+  ReportOptions report;
+  std::string trace_path;
+  double fusion_threshold_mb = 25;
+  double first_bucket_mb = 1;
+  int64_t timeout_ms = 120'000;
+  std::string iface;
+};
+
+constexpr double kDefaultSgdLr = 0.05;
+constexpr double kDefaultAdamLr = 1e-3;
+
+// Ranks on this host, for the default thread count: the launcher's LOCAL_WORLD_SIZE, mpirun's
+// OMPI_COMM_WORLD_LOCAL_SIZE, or the thread-ranks of the local backend.
+int local_ranks(const TrainFlags& flags) {
+  if (flags.backend == "local") return flags.workers;
+  for (const char* name : {"LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"}) {
+    if (const char* value = std::getenv(name)) return std::max(1, std::atoi(value));
+  }
+  return 1;
+}
+
+nlohmann::json config_json(const TrainFlags& f, const TrainerOptions& o, int world_size) {
+  return {{"workers", world_size},
+          {"backend", f.backend},
+          {"model", o.model},
+          {"dataset", o.data.dataset},
+          {"data_dir", o.data.data_dir},
+          {"data", o.data.data_path},
+          {"seq_len", o.data.seq_len},
+          {"epochs", o.epochs},
+          {"steps", o.steps},
+          {"batch_size", o.batch_size},
+          {"optimizer", o.optimizer.name},
+          {"lr", o.optimizer.lr},
+          {"momentum", o.optimizer.momentum},
+          {"nesterov", o.optimizer.nesterov},
+          {"weight_decay", o.optimizer.weight_decay},
+          {"lr_schedule", o.schedule.kind},
+          {"warmup_steps", o.schedule.warmup_steps},
+          {"seed", o.seed},
+          {"threads", o.threads},
+          {"fusion_threshold_mb", f.fusion_threshold_mb},
+          {"first_bucket_mb", f.first_bucket_mb},
+          {"check_replicas", o.check_replicas_every}};
+}
+
+// Gathers every rank's timeline to rank 0, which writes the Chrome trace.
+Status write_trace(Communicator& comm, const Timeline& timeline, const std::string& path) {
+  const std::string mine = timeline.to_json();
+  std::vector<uint64_t> sizes(static_cast<size_t>(comm.size()));
+  const uint64_t my_size = mine.size();
+  FRUGAL_RETURN_IF_ERROR(comm.allgather(
+      std::as_bytes(std::span<const uint64_t>(&my_size, 1)), bytes_of(sizes)));
+  std::vector<size_t> counts(sizes.begin(), sizes.end());
+  size_t total = 0;
+  for (size_t c : counts) total += c;
+  std::string all(total, '\0');
+  FRUGAL_RETURN_IF_ERROR(comm.allgatherv(std::as_bytes(std::span(mine)), counts,
+                                         std::as_writable_bytes(std::span(all))));
+  if (comm.rank() != 0) return Status::ok();
+  std::vector<std::string> arrays;
+  size_t offset = 0;
+  for (size_t c : counts) {
+    arrays.push_back(all.substr(offset, c));
+    offset += c;
+  }
+  return write_chrome_trace(path, arrays);
+}
+
+// One rank's whole job. Rank 0 reports.
+Status train_one_rank(Communicator& comm, const TrainFlags& flags, int64_t start_us) {
+  TrainerOptions options = flags.trainer;
+  Timeline timeline(comm.rank(), !flags.trace_path.empty());
+  FRUGAL_ASSIGN_OR_RETURN(auto trainer, Trainer::create(comm, options, &timeline));
+  std::unique_ptr<TrainReporter> reporter;
+  if (comm.rank() == 0) {
+    nlohmann::json info = {{"model", options.model},
+                           {"parameters", trainer->parameter_count()},
+                           {"dataset", trainer->data_description()},
+                           {"world_size", comm.size()},
+                           {"backend", flags.backend},
+                           {"config", config_json(flags, options, comm.size())}};
+    FRUGAL_ASSIGN_OR_RETURN(reporter, TrainReporter::create(flags.report, trainer->steps_per_epoch(),
+                                                            trainer->total_steps(),
+                                                            trainer->num_epochs(), info));
+    if (flags.report.progress != ProgressMode::kOff) {
+      std::printf("frugal train: %s (%lld parameters) on %s; %d workers (%s), batch %lld per "
+                  "worker, %lld steps (%lld per epoch), %d thread(s) per worker\n",
+                  options.model.c_str(), static_cast<long long>(trainer->parameter_count()),
+                  trainer->data_description().c_str(), comm.size(), flags.backend.c_str(),
+                  static_cast<long long>(options.batch_size),
+                  static_cast<long long>(trainer->total_steps()),
+                  static_cast<long long>(trainer->steps_per_epoch()), options.threads);
+      std::fflush(stdout);
+    }
+  }
+  FRUGAL_ASSIGN_OR_RETURN(TrainSummary summary, trainer->run(reporter.get()));
+  if (!flags.trace_path.empty()) {
+    FRUGAL_RETURN_IF_ERROR(write_trace(comm, timeline, flags.trace_path));
+  }
+  if (reporter != nullptr) {
+    FRUGAL_RETURN_IF_ERROR(
+        reporter->finish(summary, static_cast<double>(now_us() - start_us) * 1e-6));
+  }
+  return Status::ok();
+}
+
+// Fills the derived settings (learning rate, threads, bytes) and checks the flags.
+Status resolve(TrainFlags& f) {
+  if (f.workers < 1) {
+    return invalid_argument("--workers " + std::to_string(f.workers) +
+                            " is invalid; it must be >= 1");
+  }
+  TrainerOptions& o = f.trainer;
+  o.optimizer.lr = f.lr > 0 ? f.lr : (o.optimizer.name == "sgd" ? kDefaultSgdLr : kDefaultAdamLr);
+  if (f.lr < 0) return invalid_argument("--lr must be > 0");
+  if (o.threads == 0) {
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    o.threads = std::max(1, cores / local_ranks(f));
+  }
+  if (f.fusion_threshold_mb < 0 || f.first_bucket_mb < 0) {
+    return invalid_argument("--fusion-threshold-mb and --first-bucket-mb must be >= 0");
+  }
+  o.fusion_threshold_bytes = static_cast<size_t>(f.fusion_threshold_mb * (1 << 20));
+  o.first_bucket_bytes = static_cast<size_t>(f.first_bucket_mb * (1 << 20));
+  f.report.progress = f.progress == "bar"     ? ProgressMode::kBar
+                      : f.progress == "lines" ? ProgressMode::kLines
+                      : f.progress == "off"   ? ProgressMode::kOff
+                                              : ProgressMode::kAuto;
+  return Status::ok();
+}
+
+int run_train(TrainFlags flags, const std::vector<std::string>& argv) {
+  const int64_t start_us = now_us();
+  if (Status s = resolve(flags); !s.is_ok()) return report_error(s);
+  if (flags.backend == "local") {
+    Status status = run_thread_ranks(flags.workers, flags.timeout_ms, [&](Communicator& comm) {
+      return train_one_rank(comm, flags, start_us);
+    });
+    return status.is_ok() ? 0 : report_error(status);
+  }
+  if (auto parent_exit = launch_ranks_if_parent(flags.backend, flags.workers, argv)) {
+    return *parent_exit;
+  }
+  CommConfig base;
+  base.backend = flags.backend;
+  base.timeout_ms = flags.timeout_ms;
+  base.iface = flags.iface;
+  // Every rank runs the same program, so the per-collective consistency check (a small
+  // allgather each time, milliseconds on gloo) would only cost time.
+  base.check_consistency = false;
+  auto config = rank_comm_config(base);
+  if (!config.is_ok()) return report_error(config.status());
+  auto comm = make_communicator(config.value());
+  if (!comm.is_ok()) return report_error(comm.status());
+  Status status = train_one_rank(*comm.value(), flags, start_us);
+  return status.is_ok() ? 0
+                        : report_error(status.with_context("rank " + std::to_string(config->rank)));
+}
+
+std::vector<std::string> model_names() {
+  std::vector<std::string> names;
+  for (const auto& info : model_catalog()) names.push_back(info.name);
+  return names;
+}
+
+std::string model_help() {
+  std::string help = "Model:";
+  for (const auto& info : model_catalog()) help += "\n  " + info.name + ": " + info.summary;
+  return help;
+}
+
+}  // namespace
+
+void add_train_command(CLI::App& app, int& exit_code, const std::vector<std::string>& argv) {
+  auto flags = std::make_shared<TrainFlags>();
+  TrainerOptions& o = flags->trainer;
+  CLI::App* train = app.add_subcommand(
+      "train", "Train a model data-parallel on several workers (defaults: mlp on Fashion-MNIST, "
+               "2 workers, 3 epochs)");
+
+  train->add_option("--workers", flags->workers,
+                    "Ranks to start on this host (ignored under mpirun or with RANK/WORLD_SIZE "
+                    "set, which give the ranks)")
+      ->capture_default_str();
+  train->add_option("--backend", flags->backend,
+                    "Communication: gloo (processes over TCP), mpi (processes via mpirun), "
+                    "local (threads of one process)")
+      ->check(CLI::IsMember({"local", "gloo", "mpi"}))
+      ->capture_default_str();
+  train->add_option("--model", o.model, model_help())
+      ->check(CLI::IsMember(model_names()))
+      ->capture_default_str();
+  train->add_option("--dataset", o.data.dataset,
+                    "fashion-mnist, text (--data), synthetic (generated), or auto: "
+                    "fashion-mnist for image models, text for language models")
+      ->check(CLI::IsMember(dataset_names()))
+      ->capture_default_str();
+  train->add_option("--data-dir", o.data.data_dir,
+                    "Fashion-MNIST directory (gzipped IDX files; default: Debian's "
+                    "dataset-fashion-mnist in /usr/share/datasets/fashion-mnist)");
+  train->add_option("--data", o.data.data_path,
+                    "Text file for the language models (character-level; the last 10% is the "
+                    "test split)");
+  train->add_option("--seq-len", o.data.seq_len, "Language models: tokens per sequence")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  train->add_option("--epochs", o.epochs, "Passes over the training data")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  train->add_option("--steps", o.steps, "Train exactly this many steps instead (0: use --epochs)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  train->add_option("--batch-size", o.batch_size, "Samples per worker per step")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  train->add_option("--eval-batch-size", o.eval_batch_size, "Samples per evaluation batch")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  train->add_flag("!--no-eval", o.evaluate, "Skip evaluation on the test split");
+  train->add_option("--optimizer", o.optimizer.name, "sgd, adam or adamw")
+      ->check(CLI::IsMember(optimizer_names()))
+      ->capture_default_str();
+  train->add_option("--lr", flags->lr,
+                    "Peak learning rate (default: 0.05 for sgd, 0.001 for adam and adamw)");
+  train->add_option("--momentum", o.optimizer.momentum, "SGD momentum")->capture_default_str();
+  train->add_flag("--nesterov", o.optimizer.nesterov, "SGD with Nesterov momentum");
+  train->add_option("--weight-decay", o.optimizer.weight_decay,
+                    "L2 penalty (sgd, adam) or decoupled weight decay (adamw)")
+      ->capture_default_str();
+  train->add_option("--lr-schedule", o.schedule.kind, "constant, cosine or step (after warm-up)")
+      ->check(CLI::IsMember(lr_schedule_kinds()))
+      ->capture_default_str();
+  train->add_option("--warmup-steps", o.schedule.warmup_steps,
+                    "Linear learning-rate warm-up steps")
+      ->capture_default_str();
+  train->add_option("--min-lr-ratio", o.schedule.min_lr_ratio,
+                    "Cosine: final learning rate as a fraction of the peak")
+      ->capture_default_str();
+  train->add_option("--lr-step-size", o.schedule.step_size,
+                    "Step schedule: steps between decays")
+      ->capture_default_str();
+  train->add_option("--lr-gamma", o.schedule.gamma, "Step schedule: decay factor")
+      ->capture_default_str();
+  train->add_option("--seed", o.seed, "Seed of the weights, the shuffling and synthetic data")
+      ->capture_default_str();
+  train->add_option("--threads", o.threads,
+                    "LibTorch threads per worker (default: cores / workers on this host, so "
+                    "workers x threads <= cores)")
+      ->check(CLI::NonNegativeNumber);
+  train->add_option("--fusion-threshold-mb", flags->fusion_threshold_mb,
+                    "Gradient bucket size in MiB (Horovod-style fusion; 0: one bucket per "
+                    "tensor)")
+      ->capture_default_str();
+  train->add_option("--first-bucket-mb", flags->first_bucket_mb,
+                    "Cap of the first bucket (the last layers' gradients), so communication "
+                    "starts early")
+      ->capture_default_str();
+  train->add_option("--check-replicas", o.check_replicas_every,
+                    "Debug: verify every N steps that all workers hold bit-identical parameters "
+                    "(0: off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  train->add_option("--metrics", flags->report.metrics_path,
+                    "Write JSON lines: one per logged step and one per epoch");
+  train->add_option("--summary", flags->report.summary_path,
+                    "Write one JSON object at the end (accuracy or perplexity, samples/s, "
+                    "bytes per step, resolved config)");
+  train->add_option("--trace", flags->trace_path,
+                    "Write a Chrome trace of every rank (open in ui.perfetto.dev)");
+  train->add_option("--log-every", flags->report.log_every,
+                    "Steps between progress lines and metrics records (0: about 10 per epoch)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  train->add_option("--progress", flags->progress,
+                    "auto (a bar on a terminal, lines otherwise), bar, lines or off")
+      ->check(CLI::IsMember({"auto", "bar", "lines", "off"}))
+      ->capture_default_str();
+  train->add_option("--timeout-ms", flags->timeout_ms,
+                    "A collective that makes no progress this long fails (a dead or hung "
+                    "worker)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  train->add_option("--iface", flags->iface,
+                    "Network interface or address gloo binds to (default: loopback for one host)");
+  train->callback([flags, &exit_code, argv] { exit_code = run_train(*flags, argv); });
+}
+
+}  // namespace frugal::cli
