@@ -326,6 +326,12 @@ def main():
             raise SystemExit("ddp_baseline: RANK and WORLD_SIZE are set but MASTER_PORT is not")
         run_rank(args, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
     else:
+        # Catch the mistakes every rank would make before starting any, so each is reported once.
+        if args.steps and args.steps <= args.warmup_steps:
+            raise SystemExit(f"ddp_baseline: --steps {args.steps} leaves nothing to time after "
+                             f"--warmup-steps {args.warmup_steps}")
+        if args.dataset == "fashion-mnist":
+            load_fashion_mnist(args.data_dir, "train")  # validates magic, sizes and labels
         spawn(args, argv)
 
 

@@ -41,5 +41,17 @@ rm -rf "$store"
 expect_error "127.0.0.1:1" RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 FRUGAL_TIMEOUT_MS=2000 -- "${bench[@]}"
 expect_error "A subcommand is required" X=1 -- bench nosuch
 
-echo "$((9 - failures)) passed, $failures failed"
+train=(train --steps 2 --progress off)
+expect_error "--model: vgg not in" X=1 -- "${train[@]}" --model vgg
+expect_error "pass --data PATH" X=1 -- "${train[@]}" --model lstm --backend local
+expect_error "/nonexistent/corpus.txt" X=1 -- "${train[@]}" --model gpt-tiny --data /nonexistent/corpus.txt --backend local
+expect_error "/nonexistent/fmnist" X=1 -- "${train[@]}" --data-dir /nonexistent/fmnist --backend local
+expect_error "--lr-step-size" X=1 -- "${train[@]}" --lr-schedule step --backend local
+expect_error "--dataset text is for language models" X=1 -- "${train[@]}" --dataset text --backend local
+expect_error "--batch-size: 0 is invalid; it must be a number >= 1" X=1 -- "${train[@]}" --batch-size 0
+expect_error "--workers 0 is invalid" X=1 -- "${train[@]}" --workers 0
+expect_error "cannot write --metrics file" X=1 -- "${train[@]}" --backend local --metrics /nonexistent/m.jsonl
+expect_error "--nesterov needs --momentum > 0" X=1 -- "${train[@]}" --backend local --nesterov --momentum 0
+
+echo "$((19 - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

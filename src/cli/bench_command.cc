@@ -8,6 +8,7 @@
 #include "bench/compress_bench.h"
 #include "bench/model_shapes.h"
 #include "cli/launch.h"
+#include "cli/validators.h"
 #include "comm/factory.h"
 #include "compress/registry.h"
 
@@ -199,13 +200,13 @@ void add_compress_bench_command(CLI::App& bench, int& exit_code) {
                    "density parameter use theirs)")
       ->capture_default_str();
   compress->add_option("--repeat", o.repeat, "Timed samples per measurement (median reported)")
-      ->check(CLI::PositiveNumber)
+      ->check(positive())
       ->capture_default_str();
   compress
       ->add_option("--threads", o.threads,
                    "Threads: the compressors' pool plus the caller, and LibTorch's intra-op "
                    "threads")
-      ->check(CLI::PositiveNumber)
+      ->check(positive())
       ->capture_default_str();
   compress->add_option("--seed", o.seed, "Seed of the data and the compressors")
       ->capture_default_str();
@@ -246,7 +247,7 @@ void add_bench_commands(CLI::App& app, int& exit_code, const std::vector<std::st
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   comm->add_option("--timeout-ms", flags->timeout_ms, "Per-operation timeout")
-      ->check(CLI::PositiveNumber)
+      ->check(positive())
       ->capture_default_str();
   comm->add_option("--iface", flags->iface,
                    "Network interface for gloo (default: FRUGAL_SOCKET_IFNAME, else loopback)");

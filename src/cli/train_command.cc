@@ -9,6 +9,7 @@
 
 #include "cli/launch.h"
 #include "cli/train_report.h"
+#include "cli/validators.h"
 #include "comm/factory.h"
 #include "core/clock.h"
 #include "core/timeline.h"
@@ -77,8 +78,8 @@ Status write_trace(Communicator& comm, const Timeline& timeline, const std::stri
   const std::string mine = timeline.to_json();
   std::vector<uint64_t> sizes(static_cast<size_t>(comm.size()));
   const uint64_t my_size = mine.size();
-  FRUGAL_RETURN_IF_ERROR(comm.allgather(
-      std::as_bytes(std::span<const uint64_t>(&my_size, 1)), bytes_of(sizes)));
+  FRUGAL_RETURN_IF_ERROR(
+      comm.allgather(std::as_bytes(std::span<const uint64_t>(&my_size, 1)), bytes_of(sizes)));
   std::vector<size_t> counts(sizes.begin(), sizes.end());
   size_t total = 0;
   for (size_t c : counts) total += c;
@@ -101,6 +102,7 @@ Status train_one_rank(Communicator& comm, const TrainFlags& flags, int64_t start
   Timeline timeline(comm.rank(), !flags.trace_path.empty());
   FRUGAL_ASSIGN_OR_RETURN(auto trainer, Trainer::create(comm, options, &timeline));
   std::unique_ptr<TrainReporter> reporter;
+  Status reporter_status;
   if (comm.rank() == 0) {
     nlohmann::json info = {{"model", options.model},
                            {"parameters", trainer->parameter_count()},
@@ -108,20 +110,28 @@ Status train_one_rank(Communicator& comm, const TrainFlags& flags, int64_t start
                            {"world_size", comm.size()},
                            {"backend", flags.backend},
                            {"config", config_json(flags, options, comm.size())}};
-    FRUGAL_ASSIGN_OR_RETURN(reporter, TrainReporter::create(flags.report, trainer->steps_per_epoch(),
-                                                            trainer->total_steps(),
-                                                            trainer->num_epochs(), info));
-    if (flags.report.progress != ProgressMode::kOff) {
-      std::printf("frugal train: %s (%lld parameters) on %s; %d workers (%s), batch %lld per "
-                  "worker, %lld steps (%lld per epoch), %d thread(s) per worker\n",
-                  options.model.c_str(), static_cast<long long>(trainer->parameter_count()),
-                  trainer->data_description().c_str(), comm.size(), flags.backend.c_str(),
-                  static_cast<long long>(options.batch_size),
-                  static_cast<long long>(trainer->total_steps()),
-                  static_cast<long long>(trainer->steps_per_epoch()), options.threads);
+    auto created = TrainReporter::create(flags.report, trainer->steps_per_epoch(),
+                                         trainer->total_steps(), trainer->num_epochs(), info);
+    reporter_status = created.status();
+    if (created.is_ok()) reporter = std::move(created).value();
+    if (reporter_status.is_ok() && flags.report.progress != ProgressMode::kOff) {
+      std::printf(
+          "frugal train: %s (%lld parameters) on %s; %d workers (%s), batch %lld per "
+          "worker, %lld steps (%lld per epoch), %d thread(s) per worker\n",
+          options.model.c_str(), static_cast<long long>(trainer->parameter_count()),
+          trainer->data_description().c_str(), comm.size(), flags.backend.c_str(),
+          static_cast<long long>(options.batch_size),
+          static_cast<long long>(trainer->total_steps()),
+          static_cast<long long>(trainer->steps_per_epoch()), options.threads);
       std::fflush(stdout);
     }
   }
+  // Rank 0 alone opens the output files; tell every rank whether it could, so that a bad path
+  // fails the whole job at once instead of leaving the others waiting in a collective.
+  int32_t failed = reporter_status.is_ok() ? 0 : 1;
+  FRUGAL_RETURN_IF_ERROR(comm.allreduce({&failed, DType::kI32, {1}}, ReduceOp::kMax));
+  if (!reporter_status.is_ok()) return reporter_status;
+  if (failed != 0) return aborted("rank 0 could not open its output files");
   FRUGAL_ASSIGN_OR_RETURN(TrainSummary summary, trainer->run(reporter.get()));
   if (!flags.trace_path.empty()) {
     FRUGAL_RETURN_IF_ERROR(write_trace(comm, timeline, flags.trace_path));
@@ -204,24 +214,28 @@ void add_train_command(CLI::App& app, int& exit_code, const std::vector<std::str
   auto flags = std::make_shared<TrainFlags>();
   TrainerOptions& o = flags->trainer;
   CLI::App* train = app.add_subcommand(
-      "train", "Train a model data-parallel on several workers (defaults: mlp on Fashion-MNIST, "
-               "2 workers, 3 epochs)");
+      "train",
+      "Train a model data-parallel on several workers (defaults: mlp on Fashion-MNIST, "
+      "2 workers, 3 epochs)");
 
-  train->add_option("--workers", flags->workers,
-                    "Ranks to start on this host (ignored under mpirun or with RANK/WORLD_SIZE "
-                    "set, which give the ranks)")
+  train
+      ->add_option("--workers", flags->workers,
+                   "Ranks to start on this host (ignored under mpirun or with RANK/WORLD_SIZE "
+                   "set, which give the ranks)")
       ->capture_default_str();
-  train->add_option("--backend", flags->backend,
-                    "Communication: gloo (processes over TCP), mpi (processes via mpirun), "
-                    "local (threads of one process)")
+  train
+      ->add_option("--backend", flags->backend,
+                   "Communication: gloo (processes over TCP), mpi (processes via mpirun), "
+                   "local (threads of one process)")
       ->check(CLI::IsMember({"local", "gloo", "mpi"}))
       ->capture_default_str();
   train->add_option("--model", o.model, model_help())
       ->check(CLI::IsMember(model_names()))
       ->capture_default_str();
-  train->add_option("--dataset", o.data.dataset,
-                    "fashion-mnist, text (--data), synthetic (generated), or auto: "
-                    "fashion-mnist for image models, text for language models")
+  train
+      ->add_option("--dataset", o.data.dataset,
+                   "fashion-mnist, text (--data), synthetic (generated), or auto: "
+                   "fashion-mnist for image models, text for language models")
       ->check(CLI::IsMember(dataset_names()))
       ->capture_default_str();
   train->add_option("--data-dir", o.data.data_dir,
@@ -231,19 +245,19 @@ void add_train_command(CLI::App& app, int& exit_code, const std::vector<std::str
                     "Text file for the language models (character-level; the last 10% is the "
                     "test split)");
   train->add_option("--seq-len", o.data.seq_len, "Language models: tokens per sequence")
-      ->check(CLI::PositiveNumber)
+      ->check(positive())
       ->capture_default_str();
   train->add_option("--epochs", o.epochs, "Passes over the training data")
-      ->check(CLI::PositiveNumber)
+      ->check(positive())
       ->capture_default_str();
   train->add_option("--steps", o.steps, "Train exactly this many steps instead (0: use --epochs)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative())
       ->capture_default_str();
   train->add_option("--batch-size", o.batch_size, "Samples per worker per step")
-      ->check(CLI::PositiveNumber)
+      ->check(positive())
       ->capture_default_str();
   train->add_option("--eval-batch-size", o.eval_batch_size, "Samples per evaluation batch")
-      ->check(CLI::PositiveNumber)
+      ->check(positive())
       ->capture_default_str();
   train->add_flag("!--no-eval", o.evaluate, "Skip evaluation on the test split");
   train->add_option("--optimizer", o.optimizer.name, "sgd, adam or adamw")
@@ -253,41 +267,45 @@ void add_train_command(CLI::App& app, int& exit_code, const std::vector<std::str
                     "Peak learning rate (default: 0.05 for sgd, 0.001 for adam and adamw)");
   train->add_option("--momentum", o.optimizer.momentum, "SGD momentum")->capture_default_str();
   train->add_flag("--nesterov", o.optimizer.nesterov, "SGD with Nesterov momentum");
-  train->add_option("--weight-decay", o.optimizer.weight_decay,
-                    "L2 penalty (sgd, adam) or decoupled weight decay (adamw)")
+  train
+      ->add_option("--weight-decay", o.optimizer.weight_decay,
+                   "L2 penalty (sgd, adam) or decoupled weight decay (adamw)")
       ->capture_default_str();
   train->add_option("--lr-schedule", o.schedule.kind, "constant, cosine or step (after warm-up)")
       ->check(CLI::IsMember(lr_schedule_kinds()))
       ->capture_default_str();
-  train->add_option("--warmup-steps", o.schedule.warmup_steps,
-                    "Linear learning-rate warm-up steps")
+  train->add_option("--warmup-steps", o.schedule.warmup_steps, "Linear learning-rate warm-up steps")
       ->capture_default_str();
-  train->add_option("--min-lr-ratio", o.schedule.min_lr_ratio,
-                    "Cosine: final learning rate as a fraction of the peak")
+  train
+      ->add_option("--min-lr-ratio", o.schedule.min_lr_ratio,
+                   "Cosine: final learning rate as a fraction of the peak")
       ->capture_default_str();
-  train->add_option("--lr-step-size", o.schedule.step_size,
-                    "Step schedule: steps between decays")
+  train->add_option("--lr-step-size", o.schedule.step_size, "Step schedule: steps between decays")
       ->capture_default_str();
   train->add_option("--lr-gamma", o.schedule.gamma, "Step schedule: decay factor")
       ->capture_default_str();
   train->add_option("--seed", o.seed, "Seed of the weights, the shuffling and synthetic data")
       ->capture_default_str();
-  train->add_option("--threads", o.threads,
-                    "LibTorch threads per worker (default: cores / workers on this host, so "
-                    "workers x threads <= cores)")
-      ->check(CLI::NonNegativeNumber);
-  train->add_option("--fusion-threshold-mb", flags->fusion_threshold_mb,
-                    "Gradient bucket size in MiB (Horovod-style fusion; 0: one bucket per "
-                    "tensor)")
+  train
+      ->add_option("--threads", o.threads,
+                   "LibTorch threads per worker (default: cores / workers on this host, so "
+                   "workers x threads <= cores)")
+      ->check(non_negative());
+  train
+      ->add_option("--fusion-threshold-mb", flags->fusion_threshold_mb,
+                   "Gradient bucket size in MiB (Horovod-style fusion; 0: one bucket per "
+                   "tensor)")
       ->capture_default_str();
-  train->add_option("--first-bucket-mb", flags->first_bucket_mb,
-                    "Cap of the first bucket (the last layers' gradients), so communication "
-                    "starts early")
+  train
+      ->add_option("--first-bucket-mb", flags->first_bucket_mb,
+                   "Cap of the first bucket (the last layers' gradients), so communication "
+                   "starts early")
       ->capture_default_str();
-  train->add_option("--check-replicas", o.check_replicas_every,
-                    "Debug: verify every N steps that all workers hold bit-identical parameters "
-                    "(0: off)")
-      ->check(CLI::NonNegativeNumber)
+  train
+      ->add_option("--check-replicas", o.check_replicas_every,
+                   "Debug: verify every N steps that all workers hold bit-identical parameters "
+                   "(0: off)")
+      ->check(non_negative())
       ->capture_default_str();
   train->add_option("--metrics", flags->report.metrics_path,
                     "Write JSON lines: one per logged step and one per epoch");
@@ -296,18 +314,21 @@ void add_train_command(CLI::App& app, int& exit_code, const std::vector<std::str
                     "bytes per step, resolved config)");
   train->add_option("--trace", flags->trace_path,
                     "Write a Chrome trace of every rank (open in ui.perfetto.dev)");
-  train->add_option("--log-every", flags->report.log_every,
-                    "Steps between progress lines and metrics records (0: about 10 per epoch)")
-      ->check(CLI::NonNegativeNumber)
+  train
+      ->add_option("--log-every", flags->report.log_every,
+                   "Steps between progress lines and metrics records (0: about 10 per epoch)")
+      ->check(non_negative())
       ->capture_default_str();
-  train->add_option("--progress", flags->progress,
-                    "auto (a bar on a terminal, lines otherwise), bar, lines or off")
+  train
+      ->add_option("--progress", flags->progress,
+                   "auto (a bar on a terminal, lines otherwise), bar, lines or off")
       ->check(CLI::IsMember({"auto", "bar", "lines", "off"}))
       ->capture_default_str();
-  train->add_option("--timeout-ms", flags->timeout_ms,
-                    "A collective that makes no progress this long fails (a dead or hung "
-                    "worker)")
-      ->check(CLI::PositiveNumber)
+  train
+      ->add_option("--timeout-ms", flags->timeout_ms,
+                   "A collective that makes no progress this long fails (a dead or hung "
+                   "worker)")
+      ->check(positive())
       ->capture_default_str();
   train->add_option("--iface", flags->iface,
                     "Network interface or address gloo binds to (default: loopback for one host)");

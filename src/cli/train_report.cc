@@ -50,7 +50,7 @@ std::string format_eval(const EvalResult& eval) {
 }
 
 nlohmann::json eval_json(const EvalResult& eval) {
-  nlohmann::json j;
+  nlohmann::json j = nlohmann::json::object();
   if (eval.samples == 0) return j;
   j["test_loss"] = eval.loss;
   if (!std::isnan(eval.accuracy)) j["test_accuracy"] = eval.accuracy;
@@ -123,21 +123,22 @@ void TrainReporter::on_step(const StepReport& r) {
     std::fflush(stdout);
   }
   if (log_now && metrics_ != nullptr) {
-    record_write(metrics_->write({{"type", "step"},
-                                  {"step", r.step},
-                                  {"epoch", r.epoch},
-                                  {"loss", r.loss},
-                                  {"lr", r.lr},
-                                  {"samples", r.samples},
-                                  {"samples_per_s", rate},
-                                  {"step_ms", r.step_seconds * 1e3},
-                                  {"train_s", r.train_seconds},
-                                  {"bytes_sent", r.sync.bytes_sent},
-                                  {"bytes_received", r.sync.bytes_received},
-                                  {"dense_bytes", r.sync.dense_bytes},
-                                  {"buckets", r.sync.num_buckets},
-                                  {"comm_ms", static_cast<double>(r.sync.comm_us) * 1e-3},
-                                  {"exposed_comm_ms", static_cast<double>(r.sync.wait_us) * 1e-3}}));
+    record_write(
+        metrics_->write({{"type", "step"},
+                         {"step", r.step},
+                         {"epoch", r.epoch},
+                         {"loss", r.loss},
+                         {"lr", r.lr},
+                         {"samples", r.samples},
+                         {"samples_per_s", rate},
+                         {"step_ms", r.step_seconds * 1e3},
+                         {"train_s", r.train_seconds},
+                         {"bytes_sent", r.sync.bytes_sent},
+                         {"bytes_received", r.sync.bytes_received},
+                         {"dense_bytes", r.sync.dense_bytes},
+                         {"buckets", r.sync.num_buckets},
+                         {"comm_ms", static_cast<double>(r.sync.comm_us) * 1e-3},
+                         {"exposed_comm_ms", static_cast<double>(r.sync.wait_us) * 1e-3}}));
   }
 }
 
@@ -149,10 +150,11 @@ void TrainReporter::draw_bar(const StepReport& r, double rate) {
   if (filled < kWidth) bar += '>' + std::string(static_cast<size_t>(kWidth - filled - 1), ' ');
   const double eta =
       r.train_seconds / static_cast<double>(r.step) * static_cast<double>(total_steps_ - r.step);
-  std::fprintf(stderr, "\repoch %lld/%lld [%s] %3.0f%% %lld/%lld  loss %.4f  %.0f samples/s  ETA %s\x1b[K",
-               static_cast<long long>(r.epoch + 1), static_cast<long long>(num_epochs_), bar.c_str(),
-               100 * done, static_cast<long long>(r.step), static_cast<long long>(total_steps_),
-               r.loss, rate, format_duration(eta).c_str());
+  std::fprintf(stderr,
+               "\repoch %lld/%lld [%s] %3.0f%% %lld/%lld  loss %.4f  %.0f samples/s  ETA %s\x1b[K",
+               static_cast<long long>(r.epoch + 1), static_cast<long long>(num_epochs_),
+               bar.c_str(), 100 * done, static_cast<long long>(r.step),
+               static_cast<long long>(total_steps_), r.loss, rate, format_duration(eta).c_str());
   std::fflush(stderr);
   bar_drawn_ = true;
 }
@@ -208,8 +210,8 @@ Status TrainReporter::finish(const TrainSummary& s, double wall_seconds) {
     out << summary.dump(2) << "\n";
     if (!out) return unavailable("cannot write --summary file '" + options_.summary_path + "'");
   }
-  std::printf("done: %lld steps in %.1f s (%.1f s training); %s\n",
-              static_cast<long long>(s.steps), wall_seconds, s.train_seconds,
+  std::printf("done: %lld steps in %.1f s (%.1f s training); %s\n", static_cast<long long>(s.steps),
+              wall_seconds, s.train_seconds,
               s.eval.samples > 0 ? format_eval(s.eval).c_str() : "no evaluation");
   std::printf("      %.0f samples/s; sent %s/step (dense %s); exposed communication %.1f ms/step\n",
               s.samples_per_s, format_bytes(s.bytes_sent_per_step).c_str(),

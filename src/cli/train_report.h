@@ -27,10 +27,8 @@ class TrainReporter final : public TrainObserver {
  public:
   // `run_info` (model, dataset, world size, config, ...) is copied into the summary.
   static Result<std::unique_ptr<TrainReporter>> create(const ReportOptions& options,
-                                                        int64_t steps_per_epoch,
-                                                        int64_t total_steps,
-                                                        int64_t num_epochs,
-                                                        nlohmann::json run_info);
+                                                       int64_t steps_per_epoch, int64_t total_steps,
+                                                       int64_t num_epochs, nlohmann::json run_info);
   void on_step(const StepReport& report) override;
   void on_epoch(const EpochReport& report) override;
   // Writes the summary file (if asked) and prints the human summary.

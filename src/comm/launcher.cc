@@ -157,7 +157,7 @@ Status launch_local_ranks(const LaunchOptions& options, std::vector<RankExit>* e
       if (WIFEXITED(wait_status)) e.exit_code = WEXITSTATUS(wait_status);
       bool failed = e.signal != 0 || e.exit_code != 0;
       if (failed && status.is_ok() && g_interrupt_signal.load() == 0) {
-        status = aborted(describe_exit(e) + "; stopped the other ranks");
+        status = unavailable(describe_exit(e) + "; stopped the other ranks");
       }
       if (failed) begin_teardown();
     }
