@@ -31,6 +31,7 @@ struct TrainFlags {
   std::string trace_path;
   double fusion_threshold_mb = 25;
   double first_bucket_mb = 1;
+  double own_bucket_mb = 4;
   int64_t timeout_ms = 120'000;
   std::string iface;
 };
@@ -70,6 +71,7 @@ nlohmann::json config_json(const TrainFlags& f, const TrainerOptions& o, int wor
           {"threads", o.threads},
           {"fusion_threshold_mb", f.fusion_threshold_mb},
           {"first_bucket_mb", f.first_bucket_mb},
+          {"own_bucket_mb", f.own_bucket_mb},
           {"check_replicas", o.check_replicas_every}};
 }
 
@@ -156,9 +158,11 @@ Status resolve(TrainFlags& f) {
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     o.threads = std::max(1, cores / local_ranks(f));
   }
-  if (f.fusion_threshold_mb < 0 || f.first_bucket_mb < 0) {
-    return invalid_argument("--fusion-threshold-mb and --first-bucket-mb must be >= 0");
+  if (f.fusion_threshold_mb < 0 || f.first_bucket_mb < 0 || f.own_bucket_mb < 0) {
+    return invalid_argument(
+        "--fusion-threshold-mb, --first-bucket-mb and --own-bucket-mb must be >= 0");
   }
+  o.own_bucket_bytes = static_cast<size_t>(f.own_bucket_mb * (1 << 20));
   o.fusion_threshold_bytes = static_cast<size_t>(f.fusion_threshold_mb * (1 << 20));
   o.first_bucket_bytes = static_cast<size_t>(f.first_bucket_mb * (1 << 20));
   f.report.progress = f.progress == "bar"     ? ProgressMode::kBar
@@ -300,6 +304,12 @@ void add_train_command(CLI::App& app, int& exit_code, const std::vector<std::str
       ->add_option("--first-bucket-mb", flags->first_bucket_mb,
                    "Cap of the first bucket (the last layers' gradients), so communication "
                    "starts early")
+      ->capture_default_str();
+  train
+      ->add_option("--own-bucket-mb", flags->own_bucket_mb,
+                   "Gradients at least this big (MiB) skip fusion: each is reduced alone, in "
+                   "place, saving two copies of its bytes (0: fuse by the threshold alone, as "
+                   "DDP does)")
       ->capture_default_str();
   train
       ->add_option("--check-replicas", o.check_replicas_every,

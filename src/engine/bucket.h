@@ -29,7 +29,12 @@ struct Bucket {
 // (Horovod's rule); the first bucket is capped at min(first_bucket_bytes, fusion_threshold_bytes)
 // so that communication starts early in backward (PyTorch DDP's rule). A tensor larger than the
 // cap gets a bucket of its own. fusion_threshold_bytes == 0 gives one bucket per tensor (WFBP).
+// A tensor of at least own_bucket_bytes (if > 0) also gets a bucket of its own, and the next
+// tensor starts a new one: fusion amortizes per-collective latency, which a multi-megabyte
+// transfer dwarfs, while copying a tensor into and out of a fusion buffer costs two passes over
+// its bytes (a single-tensor bucket is exchanged in place).
 std::vector<Bucket> plan_buckets(std::span<const size_t> tensor_bytes,
-                                 size_t fusion_threshold_bytes, size_t first_bucket_bytes);
+                                 size_t fusion_threshold_bytes, size_t first_bucket_bytes,
+                                 size_t own_bucket_bytes = 0);
 
 }  // namespace frugal

@@ -74,7 +74,8 @@ void Synchronizer::plan() {
   std::vector<size_t> sizes;
   sizes.reserve(tensors_.size());
   for (const Tensor& tensor : tensors_) sizes.push_back(tensor.bytes);
-  buckets_ = plan_buckets(sizes, options_.fusion_threshold_bytes, options_.first_bucket_bytes);
+  buckets_ = plan_buckets(sizes, options_.fusion_threshold_bytes, options_.first_bucket_bytes,
+                          options_.own_bucket_bytes);
   bucket_states_.resize(buckets_.size());
   for (const Bucket& bucket : buckets_) {
     for (const TensorSlot& slot : bucket.tensors) tensors_[slot.id].bucket = bucket.index;
@@ -243,8 +244,11 @@ Status Synchronizer::run_bucket(int index, ExchangeCounters& counters) {
   return Status::ok();
 }
 
-Status Synchronizer::finish_step() {
+Status Synchronizer::finish_step() { return finish_step(nullptr); }
+
+Status Synchronizer::finish_step(const std::function<void(const Bucket&)>& on_bucket_done) {
   const int64_t start_us = now_us();
+  int64_t callback_us = 0;
   std::unique_lock lock(mutex_);
   if (!in_step_) return failed_precondition("finish_step without begin_step");
 
@@ -261,11 +265,27 @@ Status Synchronizer::finish_step() {
     abort_step_ = true;
     cv_.notify_all();
   }
-  cv_.wait(lock, [this] {
+  const auto finished = [this] {
     return buckets_done_ == static_cast<int>(buckets_.size()) ||
            ((abort_step_ || !step_error_.is_ok()) && !comm_busy_);
-  });
-  stats_.wait_us = now_us() - start_us;
+  };
+  int delivered = 0;  // buckets handed to on_bucket_done
+  const auto can_deliver = [&] {
+    return on_bucket_done && step_error_.is_ok() && !abort_step_ && buckets_done_ > delivered;
+  };
+  while (true) {
+    cv_.wait(lock, [&] { return finished() || can_deliver(); });
+    if (!can_deliver()) break;  // finished, and nothing (more) to hand over
+    // Buckets complete in index order (one communication thread runs them in order), so
+    // buckets [delivered, buckets_done_) are averaged and no longer touched by that thread.
+    const int done = buckets_done_;
+    lock.unlock();
+    const int64_t callback_start = now_us();
+    for (; delivered < done; ++delivered) on_bucket_done(buckets_[delivered]);
+    callback_us += now_us() - callback_start;
+    lock.lock();
+  }
+  stats_.wait_us = now_us() - start_us - callback_us;
   if (options_.timeline && options_.timeline->enabled()) {
     options_.timeline->record(phase::kWait, start_us, stats_.wait_us, kTrainingLane,
                               "step " + std::to_string(stats_.step));

@@ -21,6 +21,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -46,6 +47,9 @@ struct SynchronizerOptions {
   // Cap of the first bucket (the last layers' gradients, ready first), so the first collective
   // starts early; PyTorch DDP's default of 1 MiB.
   size_t first_bucket_bytes = size_t{1} << 20;
+  // Tensors at least this big get a bucket of their own, exchanged in place without fusion
+  // copies (plan_buckets explains why). 0: fuse by the threshold alone, as Horovod and DDP do.
+  size_t own_bucket_bytes = 0;
 
   // Divide the sum by the world size (true) or leave the sum (false).
   bool average = true;
@@ -98,6 +102,11 @@ class Synchronizer {
   // communication error, or FailedPrecondition naming tensors never made ready (their buckets
   // were never sent; the other ranks then fail through their timeouts).
   Status finish_step();
+  // The same, calling on_bucket_done(bucket) on this thread for each bucket, in bucket order, as
+  // soon as its tensors hold the averaged gradient, while later buckets are still in flight. So
+  // the caller can update those parameters early (the optimizer step overlaps communication).
+  // The callback must not touch other buckets' gradients. Its time is not counted as waiting.
+  Status finish_step(const std::function<void(const Bucket&)>& on_bucket_done);
 
   // Counters of the last finished step (also after a failed one: what was done).
   const StepStats& last_step_stats() const { return last_stats_; }
@@ -146,7 +155,7 @@ class Synchronizer {
   bool abort_step_ = false;  // finish_step found missing tensors: launch nothing more
   bool comm_busy_ = false;   // the communication thread is running a bucket
   int next_launch_ = 0;      // next bucket index the communication thread sends
-  int buckets_done_ = 0;     // buckets exchanged and copied back this step
+  int buckets_done_ = 0;     // buckets exchanged and copied back this step (in index order)
   Status step_error_;        // first error of this step
   Status sticky_error_;      // an earlier step failed: fail fast
   bool stop_ = false;

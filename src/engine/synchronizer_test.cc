@@ -97,6 +97,10 @@ TEST(PlanBuckets, MatchesHandComputation) {
   EXPECT_EQ(ids_of(plan_buckets(sizes, size_t{1} << 30, size_t{1} << 30)),
             (Ids{{0, 1, 2, 3, 4, 5}}));
   EXPECT_TRUE(plan_buckets({}, 100, 10).empty());
+  // Tensors of >= 1200 bytes (2 and 4) stay alone, and their neighbours do not join them.
+  EXPECT_EQ(ids_of(plan_buckets(sizes, size_t{1} << 30, size_t{1} << 30, 1200)),
+            (Ids{{0, 1}, {2}, {3}, {4}, {5}}));
+  EXPECT_EQ(ids_of(plan_buckets(sizes, 2000, 1000, 4000)), (Ids{{0}, {1, 2}, {3}, {4}, {5}}));
 }
 
 struct AverageCase {

@@ -47,6 +47,7 @@ struct TrainerOptions {
   int threads = 0;       // this rank's LibTorch intra-op threads; 0 = leave as is
   size_t fusion_threshold_bytes = size_t{25} << 20;  // 0 = one bucket per tensor (WFBP)
   size_t first_bucket_bytes = size_t{1} << 20;
+  size_t own_bucket_bytes = 0;       // tensors this big are exchanged alone, in place (0: off)
   int64_t check_replicas_every = 0;  // > 0: verify bit-identical parameters every N steps
   // Steps left out of samples_per_s at the start (allocation, first-touch, connection set-up).
   int64_t timing_warmup_steps = 5;

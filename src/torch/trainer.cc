@@ -94,6 +94,7 @@ struct Trainer::Impl {
   Status step(StepReport* report);
   Result<EvalResult> evaluate();
   Status check_replicas();
+  Status make_bucket_optimizers();
   // Called by autograd once parameter `index`'s gradient is accumulated.
   void on_grad_ready(size_t index);
 
@@ -107,7 +108,11 @@ struct Trainer::Impl {
   std::vector<std::string> param_names;
   std::vector<torch::Tensor> buffers;
   std::vector<TensorId> sync_ids;  // by parameter index
-  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  // One optimizer per bucket, stepped as soon as that bucket's gradients are averaged, so the
+  // update of early buckets overlaps the communication of later ones. Built at the first step,
+  // when the Synchronizer has planned its buckets.
+  std::vector<std::unique_ptr<torch::optim::Optimizer>> bucket_optimizers;
+  std::vector<size_t> param_of_tensor;  // Synchronizer TensorId -> parameter index
   std::unique_ptr<Synchronizer> sync;
   // The AccumulateGrad nodes carrying our hooks: a parameter only holds a weak reference, so
   // they are kept alive here (as DDP's reducer keeps them).
@@ -172,20 +177,24 @@ Status Trainer::Impl::init() {
     torch::NoGradGuard no_grad;
     FRUGAL_RETURN_IF_ERROR(broadcast_from_rank0(comm, initial_state));
   }
-  FRUGAL_ASSIGN_OR_RETURN(optimizer, make_optimizer(options.optimizer, params));
+  // Validate the optimizer settings now (before any step), on every parameter.
+  FRUGAL_RETURN_IF_ERROR(make_optimizer(options.optimizer, params).status());
 
   SynchronizerOptions sync_options;
   sync_options.fusion_threshold_bytes = options.fusion_threshold_bytes;
   sync_options.first_bucket_bytes = options.first_bucket_bytes;
+  sync_options.own_bucket_bytes = options.own_bucket_bytes;
   sync_options.timeline = timeline;
   sync = std::make_unique<Synchronizer>(comm, sync_options);
   // Backward produces gradients roughly in reverse registration order (last layer first), so
   // the reverse of the model's order is the bucket order (DDP's heuristic too).
   sync_ids.resize(params.size());
+  param_of_tensor.resize(params.size());
   for (size_t i = params.size(); i-- > 0;) {
     FRUGAL_ASSIGN_OR_RETURN(sync_ids[i],
                             sync->register_tensor(param_names[i], Shape(params[i].sizes().begin(),
                                                                         params[i].sizes().end())));
+    param_of_tensor[static_cast<size_t>(sync_ids[i])] = i;
   }
   for (size_t i = 0; i < params.size(); ++i) {
     auto accumulator = torch::autograd::impl::grad_accumulator(params[i]);
@@ -203,6 +212,18 @@ Status Trainer::Impl::init() {
   steps_per_epoch = (per_rank + options.batch_size - 1) / options.batch_size;
   total_steps = options.steps > 0 ? options.steps : options.epochs * steps_per_epoch;
   model->train();
+  return Status::ok();
+}
+
+Status Trainer::Impl::make_bucket_optimizers() {
+  for (const Bucket& bucket : sync->buckets()) {
+    std::vector<torch::Tensor> bucket_params;
+    for (const TensorSlot& slot : bucket.tensors) {
+      bucket_params.push_back(params[param_of_tensor[static_cast<size_t>(slot.id)]]);
+    }
+    FRUGAL_ASSIGN_OR_RETURN(auto optimizer, make_optimizer(options.optimizer, bucket_params));
+    bucket_optimizers.push_back(std::move(optimizer));
+  }
   return Status::ok();
 }
 
@@ -236,12 +257,13 @@ Status Trainer::Impl::step(StepReport* report) {
   const Batch batch = data->batch(
       Split::kTrain, std::span<const int64_t>(epoch_indices)
                          .subspan(static_cast<size_t>(begin), static_cast<size_t>(count)));
-  const double lr =
-      learning_rate_at(options.schedule, options.optimizer.lr, step_count, total_steps);
-  set_learning_rate(*optimizer, lr);
   for (auto& p : params) p.mutable_grad().reset();  // autograd then stores fresh gradients
 
   FRUGAL_RETURN_IF_ERROR(sync->begin_step());
+  if (bucket_optimizers.empty()) FRUGAL_RETURN_IF_ERROR(make_bucket_optimizers());
+  const double lr =
+      learning_rate_at(options.schedule, options.optimizer.lr, step_count, total_steps);
+  for (auto& optimizer : bucket_optimizers) set_learning_rate(*optimizer, lr);
   hook_error = Status::ok();
   torch::Tensor loss;
   {
@@ -253,13 +275,19 @@ Status Trainer::Impl::step(StepReport* report) {
     ScopedTraceEvent event(timeline, phase::kBackward);
     loss.backward();
   }
-  const Status synced = sync->finish_step();
+  Status optimizer_error;
+  const Status synced = sync->finish_step([&](const Bucket& bucket) {
+    if (!optimizer_error.is_ok()) return;
+    ScopedTraceEvent event(timeline, phase::kOptimizer);
+    // The Synchronizer is not exception-safe; LibTorch errors stop here.
+    optimizer_error = guarded("the optimizer step", [&] {
+      bucket_optimizers[static_cast<size_t>(bucket.index)]->step();
+      return Status::ok();
+    });
+  });
   FRUGAL_RETURN_IF_ERROR(hook_error);
   FRUGAL_RETURN_IF_ERROR(synced);
-  {
-    ScopedTraceEvent event(timeline, phase::kOptimizer);
-    optimizer->step();
-  }
+  FRUGAL_RETURN_IF_ERROR(optimizer_error);
 
   const double loss_value = loss.item<double>();
   const double seconds = static_cast<double>(now_us() - start_us) * 1e-6;
