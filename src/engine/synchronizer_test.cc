@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <numeric>
 #include <random>
 #include <string>
 #include <thread>
@@ -369,6 +370,64 @@ TEST(Synchronizer, DestroyedMidStepStopsCleanly) {
     ASSERT_TRUE(sync.begin_step().is_ok());
     ASSERT_TRUE(sync.grad_ready(0, {a.data(), DType::kF32, {4}}).is_ok());
     // The destructor runs here, with "b" pending.
+  });
+}
+
+}  // namespace
+}  // namespace frugal
+
+namespace frugal {
+namespace {
+
+// finish_step(on_bucket_done) hands every bucket back once, in order, already averaged; the
+// tensors of later buckets may still be in flight, and the callback's time is not "waiting".
+TEST(SynchronizerTest, BucketCallbacksComeInOrderWithAveragedGradients) {
+  constexpr int kWorld = 3;
+  const std::vector<Shape> shapes = odd_shapes();
+  run_ranks(kWorld, 30'000, [&](Communicator& comm) {
+    SynchronizerOptions options;
+    options.fusion_threshold_bytes = 2000;
+    options.first_bucket_bytes = 100;
+    options.own_bucket_bytes = 4000;  // the 10x100 and 4099 tensors stay alone
+    Synchronizer sync(comm, options);
+    for (size_t t = 0; t < shapes.size(); ++t) {
+      ASSERT_TRUE(sync.register_tensor("t" + std::to_string(t), shapes[t]).is_ok());
+    }
+    std::vector<std::vector<float>> grads(shapes.size());
+    for (int step = 0; step < 3; ++step) {
+      ASSERT_TRUE(sync.begin_step().is_ok());
+      for (size_t t = 0; t < shapes.size(); ++t) {
+        grads[t].resize(static_cast<size_t>(shape_numel(shapes[t])));
+        for (size_t i = 0; i < grads[t].size(); ++i) {
+          grads[t][i] = grad_value(comm.rank(), step, static_cast<int>(t), static_cast<int64_t>(i));
+        }
+        ASSERT_TRUE(
+            sync.grad_ready(static_cast<TensorId>(t), {grads[t].data(), DType::kF32, shapes[t]})
+                .is_ok());
+      }
+      std::vector<int> order;
+      ASSERT_TRUE(sync.finish_step([&](const Bucket& bucket) {
+                        order.push_back(bucket.index);
+                        for (const TensorSlot& slot : bucket.tensors) {
+                          const auto& g = grads[static_cast<size_t>(slot.id)];
+                          for (size_t i = 0; i < g.size(); ++i) {
+                            ASSERT_NEAR(g[i], reference_average(kWorld, step, slot.id, i), 1e-6);
+                          }
+                        }
+                      })
+                      .is_ok());
+      std::vector<int> expected(sync.buckets().size());
+      std::iota(expected.begin(), expected.end(), 0);
+      EXPECT_EQ(order, expected);
+    }
+    int alone = 0;
+    for (const Bucket& bucket : sync.buckets()) {
+      if (bucket.bytes >= 4000) {
+        EXPECT_EQ(bucket.tensors.size(), 1u);
+        ++alone;
+      }
+    }
+    EXPECT_EQ(alone, 2);
   });
 }
 
