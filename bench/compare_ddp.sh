@@ -64,34 +64,26 @@ echo "compare_ddp: results in $out"
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
-run_frugal() {  # $1: summary path, $2: log path
-  local cmd=("$frugal" train --workers "$workers" --backend gloo --model "$model"
-             --dataset fashion-mnist --batch-size "$batch_size" --threads "$threads"
-             --steps "$steps" --summary "$1")
+run_system() {  # $1: name, $2: summary path, $3: log path, $4: extra flags, then the command
+  local name="$1" summary="$2" log="$3" extra="$4"
+  shift 4
+  local cmd=("$@" --workers "$workers" --model "$model" --dataset fashion-mnist
+             --batch-size "$batch_size" --threads "$threads" --steps "$steps" --summary "$summary")
   # shellcheck disable=SC2206  # word splitting of the extra flags is intended
-  [[ -n "$frugal_args" ]] && cmd+=($frugal_args)
-  echo "+ ${cmd[*]}" | tee "$2"
-  rm -f "$1"
-  if ! "${cmd[@]}" >>"$2" 2>&1; then
-    tail -n 20 "$2" >&2
-    die "frugal train failed (log: $2)"
+  [[ -n "$extra" ]] && cmd+=($extra)
+  echo "+ ${cmd[*]}" | tee "$log"
+  rm -f "$summary"
+  if ! "${cmd[@]}" >>"$log" 2>&1; then
+    tail -n 20 "$log" >&2
+    die "$name failed (log: $log)"
   fi
-  [[ -s "$1" ]] || die "frugal train exited 0 but wrote no summary to $1 (log: $2)"
+  [[ -s "$summary" ]] || die "$name exited 0 but wrote no summary to $summary (log: $log)"
 }
-
+run_frugal() {  # $1: summary path, $2: log path
+  run_system "frugal train" "$1" "$2" "$frugal_args" "$frugal" train --backend gloo
+}
 run_ddp() {  # $1: summary path, $2: log path
-  local cmd=("$python" "$here/ddp_baseline.py" --workers "$workers" --model "$model"
-             --dataset fashion-mnist --batch-size "$batch_size" --threads "$threads"
-             --steps "$steps" --summary "$1")
-  # shellcheck disable=SC2206
-  [[ -n "$ddp_args" ]] && cmd+=($ddp_args)
-  echo "+ ${cmd[*]}" | tee "$2"
-  rm -f "$1"
-  if ! "${cmd[@]}" >>"$2" 2>&1; then
-    tail -n 20 "$2" >&2
-    die "PyTorch DDP baseline failed (log: $2)"
-  fi
-  [[ -s "$1" ]] || die "ddp_baseline.py exited 0 but wrote no summary to $1 (log: $2)"
+  run_system "PyTorch DDP baseline" "$1" "$2" "$ddp_args" "$python" "$here/ddp_baseline.py"
 }
 
 pairs=()

@@ -9,7 +9,6 @@
 #include "bench/model_shapes.h"
 #include "cli/launch.h"
 #include "cli/validators.h"
-#include "comm/factory.h"
 #include "compress/registry.h"
 
 namespace frugal::cli {
@@ -44,27 +43,13 @@ int run_comm_bench_command(const CommBenchFlags& flags, const std::vector<std::s
     return report_error(invalid_argument("--workers " + std::to_string(flags.workers) +
                                          " is invalid; it must be >= 1"));
   }
-  if (flags.backend == "local") {
-    Status status = run_thread_ranks(flags.workers, flags.timeout_ms, [&](Communicator& comm) {
-      return bench_one_rank(comm, flags);
-    });
-    return status.is_ok() ? 0 : report_error(status);
-  }
-  if (auto parent_exit = launch_ranks_if_parent(flags.backend, flags.workers, argv)) {
-    return *parent_exit;
-  }
-  CommConfig base;
-  base.backend = flags.backend;
-  base.timeout_ms = flags.timeout_ms;
-  base.iface = flags.iface;
-  base.check_consistency = flags.check;
-  auto config = rank_comm_config(base);
-  if (!config.is_ok()) return report_error(config.status());
-  auto comm = make_communicator(config.value());
-  if (!comm.is_ok()) return report_error(comm.status());
-  Status status = bench_one_rank(*comm.value(), flags);
-  return status.is_ok() ? 0
-                        : report_error(status.with_context("rank " + std::to_string(config->rank)));
+  RankJob job;
+  job.backend = flags.backend;
+  job.workers = flags.workers;
+  job.timeout_ms = flags.timeout_ms;
+  job.iface = flags.iface;
+  job.check_consistency = flags.check;
+  return run_job_ranks(job, argv, [&](Communicator& comm) { return bench_one_rank(comm, flags); });
 }
 
 struct CompressBenchFlags {

@@ -88,6 +88,29 @@ Status run_thread_ranks(int workers, int64_t timeout_ms,
   return Status::ok();
 }
 
+int run_job_ranks(const RankJob& job, const std::vector<std::string>& argv,
+                  const std::function<Status(Communicator&)>& body) {
+  if (job.backend == "local") {
+    Status status = run_thread_ranks(job.workers, job.timeout_ms, body);
+    return status.is_ok() ? 0 : report_error(status);
+  }
+  if (auto parent_exit = launch_ranks_if_parent(job.backend, job.workers, argv)) {
+    return *parent_exit;
+  }
+  CommConfig base;
+  base.backend = job.backend;
+  base.timeout_ms = job.timeout_ms;
+  base.iface = job.iface;
+  base.check_consistency = job.check_consistency;
+  auto config = rank_comm_config(base);
+  if (!config.is_ok()) return report_error(config.status());
+  auto comm = make_communicator(config.value());
+  if (!comm.is_ok()) return report_error(comm.status());
+  Status status = body(*comm.value());
+  return status.is_ok() ? 0
+                        : report_error(status.with_context("rank " + std::to_string(config->rank)));
+}
+
 Result<CommConfig> rank_comm_config(CommConfig base) {
   allow_mpirun_as_root();  // harmless when not under MPI; needed if MPI spawns helpers
   return comm_config_from_env(std::move(base));

@@ -24,6 +24,21 @@ std::optional<int> launch_ranks_if_parent(const std::string& backend, int worker
 Status run_thread_ranks(int workers, int64_t timeout_ms,
                         const std::function<Status(Communicator&)>& body);
 
+// How the ranks of one subcommand are made.
+struct RankJob {
+  std::string backend = "gloo";
+  int workers = 2;
+  int64_t timeout_ms = 60'000;
+  std::string iface;
+  bool check_consistency = true;  // see CommConfig::check_consistency
+};
+
+// Runs body(comm) on every rank of `job`: as thread-ranks for "local"; otherwise this process
+// starts the ranks (launch_ranks_if_parent) or is one of them. Returns the exit code for main,
+// after reporting any failure with the failing rank named.
+int run_job_ranks(const RankJob& job, const std::vector<std::string>& argv,
+                  const std::function<Status(Communicator&)>& body);
+
 // This process's CommConfig: flags in `base`, overridden by the environment set by the
 // launcher, torchrun or mpirun.
 Result<CommConfig> rank_comm_config(CommConfig base);

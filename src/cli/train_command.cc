@@ -10,7 +10,6 @@
 #include "cli/launch.h"
 #include "cli/train_report.h"
 #include "cli/validators.h"
-#include "comm/factory.h"
 #include "core/clock.h"
 #include "core/timeline.h"
 #include "torch/models.h"
@@ -175,29 +174,16 @@ Status resolve(TrainFlags& f) {
 int run_train(TrainFlags flags, const std::vector<std::string>& argv) {
   const int64_t start_us = now_us();
   if (Status s = resolve(flags); !s.is_ok()) return report_error(s);
-  if (flags.backend == "local") {
-    Status status = run_thread_ranks(flags.workers, flags.timeout_ms, [&](Communicator& comm) {
-      return train_one_rank(comm, flags, start_us);
-    });
-    return status.is_ok() ? 0 : report_error(status);
-  }
-  if (auto parent_exit = launch_ranks_if_parent(flags.backend, flags.workers, argv)) {
-    return *parent_exit;
-  }
-  CommConfig base;
-  base.backend = flags.backend;
-  base.timeout_ms = flags.timeout_ms;
-  base.iface = flags.iface;
+  RankJob job;
+  job.backend = flags.backend;
+  job.workers = flags.workers;
+  job.timeout_ms = flags.timeout_ms;
+  job.iface = flags.iface;
   // Every rank runs the same program, so the per-collective consistency check (a small
   // allgather each time, milliseconds on gloo) would only cost time.
-  base.check_consistency = false;
-  auto config = rank_comm_config(base);
-  if (!config.is_ok()) return report_error(config.status());
-  auto comm = make_communicator(config.value());
-  if (!comm.is_ok()) return report_error(comm.status());
-  Status status = train_one_rank(*comm.value(), flags, start_us);
-  return status.is_ok() ? 0
-                        : report_error(status.with_context("rank " + std::to_string(config->rank)));
+  job.check_consistency = false;
+  return run_job_ranks(job, argv,
+                       [&](Communicator& comm) { return train_one_rank(comm, flags, start_us); });
 }
 
 std::vector<std::string> model_names() {
