@@ -1,6 +1,5 @@
 #include "cli/train_command.h"
 
-
 #include <algorithm>
 #include <cstdlib>
 #include <memory>

@@ -14,17 +14,14 @@
 
 #include "compress/adtopk_kernels.h"
 #include "compress/registry.h"
+#include "compress/testing/compressors.h"
 #include "compress/testing/test_data.h"
 #include "core/thread_pool.h"
 
 namespace frugal {
 namespace {
 
-std::unique_ptr<Compressor> make(const std::string& spec) {
-  auto made = make_compressor(spec, {});
-  EXPECT_TRUE(made.is_ok()) << spec << ": " << made.status().to_string();
-  return made.is_ok() ? std::move(made).value() : nullptr;
-}
+std::unique_ptr<Compressor> make(const std::string& spec) { return testing::make_or_fail(spec); }
 
 // Values from a small set of magnitudes with random signs, so that ties are everywhere.
 std::vector<float> tied_values(int64_t n, uint32_t seed, int distinct = 7) {

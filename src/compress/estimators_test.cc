@@ -11,6 +11,7 @@
 
 #include "compress/registry.h"
 #include "compress/sparse_payload.h"
+#include "compress/testing/compressors.h"
 
 namespace frugal {
 namespace {
@@ -41,11 +42,7 @@ std::vector<float> sample(Distribution d, int64_t n, uint32_t seed) {
 }
 
 std::unique_ptr<Compressor> make(const std::string& spec, uint64_t seed = 3) {
-  CompressorContext context;
-  context.seed = seed;
-  auto made = make_compressor(spec, context);
-  EXPECT_TRUE(made.is_ok()) << spec << ": " << made.status().to_string();
-  return made.is_ok() ? std::move(made).value() : nullptr;
+  return testing::make_or_fail(spec, seed);
 }
 
 struct Selection {

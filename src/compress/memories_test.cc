@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "compress/memories_test_util.h"
+#include "compress/testing/compressors.h"
 
 namespace frugal {
 namespace {
@@ -21,9 +22,7 @@ using memory_testing::gaussian;
 using memory_testing::make_test_compressor;
 
 std::unique_ptr<Compressor> make(std::string_view spec) {
-  auto made = make_test_compressor(spec);
-  EXPECT_TRUE(made.is_ok()) << spec << ": " << made.status().to_string();
-  return made.is_ok() ? std::move(made).value() : nullptr;
+  return testing::expect_made(make_test_compressor(spec), spec);
 }
 
 // Indices of the k largest |values| (ties to the lower index), ascending: a sorted copy.

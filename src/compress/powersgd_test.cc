@@ -11,6 +11,7 @@
 
 #include "compress/registry.h"
 #include "compress/rng.h"
+#include "compress/testing/compressors.h"
 #include "compress/testing/serial_exchange.h"
 #include "compress/testing/test_data.h"
 
@@ -44,12 +45,7 @@ std::vector<Compressor*> pointers(const std::vector<std::unique_ptr<Compressor>>
 }
 
 std::vector<float> exported(const Compressor& c, const std::string& key) {
-  StateDict state = c.export_state();
-  auto it = state.find(key);
-  if (it == state.end()) return {};
-  std::vector<float> values(it->second.data.size() / 4);
-  if (!values.empty()) std::memcpy(values.data(), it->second.data.data(), it->second.data.size());
-  return values;
+  return testing::exported_floats(c, key);
 }
 
 double max_abs(const std::vector<double>& v) {

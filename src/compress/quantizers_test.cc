@@ -11,17 +11,14 @@
 #include <gtest/gtest.h>
 
 #include "compress/registry.h"
+#include "compress/testing/compressors.h"
 #include "compress/testing/test_data.h"
 
 namespace frugal {
 namespace {
 
 std::unique_ptr<Compressor> make(const std::string& spec, uint64_t seed = 7) {
-  CompressorContext context;
-  context.seed = seed;
-  auto made = make_compressor(spec, context);
-  EXPECT_TRUE(made.is_ok()) << spec << ": " << made.status().to_string();
-  return made.is_ok() ? std::move(made).value() : nullptr;
+  return testing::make_or_fail(spec, seed);
 }
 
 using testing::gaussian;

@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "compress/registry.h"
+#include "compress/testing/compressors.h"
 #include "compress/testing/serial_exchange.h"
 #include "compress/testing/test_data.h"
 
@@ -18,12 +19,7 @@ namespace frugal {
 namespace {
 
 std::unique_ptr<Compressor> make(const std::string& spec, uint64_t seed = 7, int world = 1) {
-  CompressorContext context;
-  context.seed = seed;
-  context.world_size = world;
-  auto made = make_compressor(spec, context);
-  EXPECT_TRUE(made.is_ok()) << spec << ": " << made.status().to_string();
-  return made.is_ok() ? std::move(made).value() : nullptr;
+  return testing::make_or_fail(spec, seed, world);
 }
 
 using testing::gaussian;

@@ -10,6 +10,7 @@
 
 #include "compress/memories_internal.h"
 #include "compress/memories_test_util.h"
+#include "compress/testing/compressors.h"
 
 namespace frugal {
 namespace {
@@ -25,9 +26,7 @@ using memory_testing::i32_entry;
 using memory_testing::make_test_compressor;
 
 std::unique_ptr<Compressor> make(std::string_view spec) {
-  auto made = make_test_compressor(spec);
-  EXPECT_TRUE(made.is_ok()) << spec << ": " << made.status().to_string();
-  return made.is_ok() ? std::move(made).value() : nullptr;
+  return testing::expect_made(make_test_compressor(spec), spec);
 }
 
 // A ResNet-50-like registration order (stem, the first two blocks of layer1, three of layer3,

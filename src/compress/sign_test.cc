@@ -10,6 +10,7 @@
 
 #include "compress/bit_pack.h"
 #include "compress/registry.h"
+#include "compress/testing/compressors.h"
 #include "compress/testing/serial_exchange.h"
 #include "compress/testing/test_data.h"
 
@@ -19,21 +20,11 @@ namespace {
 using testing::gaussian;
 
 std::unique_ptr<Compressor> make(const std::string& spec, int world_size) {
-  CompressorContext context;
-  context.world_size = world_size;
-  context.seed = 5;
-  auto made = make_compressor(spec, context);
-  EXPECT_TRUE(made.is_ok()) << made.status().to_string();
-  return made.is_ok() ? std::move(made).value() : nullptr;
+  return testing::make_or_fail(spec, 5, world_size);
 }
 
 std::vector<float> exported(const Compressor& c, const std::string& key) {
-  StateDict state = c.export_state();
-  auto it = state.find(key);
-  if (it == state.end()) return {};
-  std::vector<float> values(it->second.data.size() / 4);
-  if (!values.empty()) std::memcpy(values.data(), it->second.data.data(), it->second.data.size());
-  return values;
+  return testing::exported_floats(c, key);
 }
 
 std::vector<std::byte> compress(Compressor& c, TensorId id, const std::vector<float>& grad) {

@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "compress/registry.h"
+#include "compress/testing/compressors.h"
 #include "compress/testing/test_data.h"
 
 namespace frugal {
@@ -17,11 +18,7 @@ namespace {
 
 using testing::gaussian;
 
-std::unique_ptr<Compressor> make(const std::string& spec) {
-  auto made = make_compressor(spec, {});
-  EXPECT_TRUE(made.is_ok()) << spec << ": " << made.status().to_string();
-  return made.is_ok() ? std::move(made).value() : nullptr;
-}
+std::unique_ptr<Compressor> make(const std::string& spec) { return testing::make_or_fail(spec); }
 
 Result<std::vector<std::byte>> compress(Compressor& c, TensorId id, const std::vector<float>& x) {
   std::vector<std::byte> out(c.max_compressed_bytes(id));
