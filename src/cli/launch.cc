@@ -40,6 +40,24 @@ int exec_mpirun(int workers, const std::vector<std::string>& argv) {
   return report_error(unavailable("cannot run " + mpirun + ": " + std::strerror(errno)));
 }
 
+// Runs body(comm) on `workers` thread-ranks of a local-backend group and returns the first
+// failure, naming its rank.
+Status run_thread_ranks(int workers, int64_t timeout_ms,
+                        const std::function<Status(Communicator&)>& body) {
+  FRUGAL_ASSIGN_OR_RETURN(auto group, make_local_group(workers, timeout_ms));
+  std::vector<Status> results(static_cast<size_t>(workers));
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < workers; ++r) {
+    ranks.emplace_back([&, r] { results[static_cast<size_t>(r)] = body(*group[r]); });
+  }
+  for (auto& t : ranks) t.join();
+  for (int r = 0; r < workers; ++r) {
+    const Status& s = results[static_cast<size_t>(r)];
+    if (!s.is_ok()) return s.with_context("rank " + std::to_string(r));
+  }
+  return Status::ok();
+}
+
 }  // namespace
 
 std::optional<int> launch_ranks_if_parent(const std::string& backend, int workers,
@@ -70,22 +88,6 @@ std::optional<int> launch_ranks_if_parent(const std::string& backend, int worker
     return exec_mpirun(workers, argv);
   }
   return std::nullopt;
-}
-
-Status run_thread_ranks(int workers, int64_t timeout_ms,
-                        const std::function<Status(Communicator&)>& body) {
-  FRUGAL_ASSIGN_OR_RETURN(auto group, make_local_group(workers, timeout_ms));
-  std::vector<Status> results(static_cast<size_t>(workers));
-  std::vector<std::thread> ranks;
-  for (int r = 0; r < workers; ++r) {
-    ranks.emplace_back([&, r] { results[static_cast<size_t>(r)] = body(*group[r]); });
-  }
-  for (auto& t : ranks) t.join();
-  for (int r = 0; r < workers; ++r) {
-    const Status& s = results[static_cast<size_t>(r)];
-    if (!s.is_ok()) return s.with_context("rank " + std::to_string(r));
-  }
-  return Status::ok();
 }
 
 int run_job_ranks(const RankJob& job, const std::vector<std::string>& argv,

@@ -19,11 +19,6 @@ namespace frugal::cli {
 std::optional<int> launch_ranks_if_parent(const std::string& backend, int workers,
                                           const std::vector<std::string>& argv);
 
-// Runs body(comm) on `workers` thread-ranks of a local-backend group (the "local" backend of
-// every subcommand) and returns the first failure, naming its rank.
-Status run_thread_ranks(int workers, int64_t timeout_ms,
-                        const std::function<Status(Communicator&)>& body);
-
 // How the ranks of one subcommand are made.
 struct RankJob {
   std::string backend = "gloo";

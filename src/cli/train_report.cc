@@ -68,10 +68,11 @@ Result<std::unique_ptr<TrainReporter>> TrainReporter::create(const ReportOptions
   std::unique_ptr<MetricsSink> sink;
   if (!options.metrics_path.empty()) {
     // A fresh file per run: appending to an old run's records would mix two runs.
-    if (!std::ofstream(options.metrics_path, std::ios::trunc)) {
-      return invalid_argument("cannot write --metrics file '" + options.metrics_path + "'");
+    auto opened = MetricsSink::open(options.metrics_path, MetricsSink::Mode::kTruncate);
+    if (!opened.is_ok()) {
+      return invalid_argument("cannot write --metrics file: " + opened.status().message());
     }
-    FRUGAL_ASSIGN_OR_RETURN(sink, MetricsSink::open(options.metrics_path));
+    sink = std::move(opened).value();
   }
   if (!options.summary_path.empty() && !std::ofstream(options.summary_path, std::ios::app)) {
     return invalid_argument("cannot write --summary file '" + options.summary_path + "'");
@@ -114,12 +115,10 @@ void TrainReporter::on_step(const StepReport& r) {
       draw_bar(r, rate);
     }
   } else if (log_now && options_.progress != ProgressMode::kOff) {
-    const double eta =
-        r.train_seconds / static_cast<double>(r.step) * static_cast<double>(total_steps_ - r.step);
     std::printf("step %lld/%lld  epoch %lld  loss %.4f  lr %.4g  %.0f samples/s  ETA %s\n",
                 static_cast<long long>(r.step), static_cast<long long>(total_steps_),
                 static_cast<long long>(r.epoch + 1), r.loss, r.lr, rate,
-                format_duration(eta).c_str());
+                format_duration(eta_seconds(r)).c_str());
     std::fflush(stdout);
   }
   if (log_now && metrics_ != nullptr) {
@@ -142,19 +141,22 @@ void TrainReporter::on_step(const StepReport& r) {
   }
 }
 
+double TrainReporter::eta_seconds(const StepReport& r) const {
+  // Training time per step so far times the steps left (evaluation not included).
+  return r.train_seconds / static_cast<double>(r.step) * static_cast<double>(total_steps_ - r.step);
+}
+
 void TrainReporter::draw_bar(const StepReport& r, double rate) {
   constexpr int kWidth = 24;
   const double done = static_cast<double>(r.step) / static_cast<double>(total_steps_);
   const int filled = static_cast<int>(done * kWidth);
   std::string bar(static_cast<size_t>(filled), '=');
   if (filled < kWidth) bar += '>' + std::string(static_cast<size_t>(kWidth - filled - 1), ' ');
-  const double eta =
-      r.train_seconds / static_cast<double>(r.step) * static_cast<double>(total_steps_ - r.step);
-  std::fprintf(stderr,
-               "\repoch %lld/%lld [%s] %3.0f%% %lld/%lld  loss %.4f  %.0f samples/s  ETA %s\x1b[K",
-               static_cast<long long>(r.epoch + 1), static_cast<long long>(num_epochs_),
-               bar.c_str(), 100 * done, static_cast<long long>(r.step),
-               static_cast<long long>(total_steps_), r.loss, rate, format_duration(eta).c_str());
+  std::fprintf(
+      stderr, "\repoch %lld/%lld [%s] %3.0f%% %lld/%lld  loss %.4f  %.0f samples/s  ETA %s\x1b[K",
+      static_cast<long long>(r.epoch + 1), static_cast<long long>(num_epochs_), bar.c_str(),
+      100 * done, static_cast<long long>(r.step), static_cast<long long>(total_steps_), r.loss,
+      rate, format_duration(eta_seconds(r)).c_str());
   std::fflush(stderr);
   bar_drawn_ = true;
 }

@@ -37,6 +37,7 @@ class TrainReporter final : public TrainObserver {
  private:
   TrainReporter(const ReportOptions& options, int64_t steps_per_epoch, int64_t total_steps,
                 int64_t num_epochs, nlohmann::json run_info, std::unique_ptr<MetricsSink> sink);
+  double eta_seconds(const StepReport& report) const;
   void draw_bar(const StepReport& report, double samples_per_s);
   void end_bar_line();
   void record_write(const Status& status);

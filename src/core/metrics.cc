@@ -5,10 +5,10 @@
 
 namespace frugal {
 
-Result<std::unique_ptr<MetricsSink>> MetricsSink::open(const std::string& path) {
+Result<std::unique_ptr<MetricsSink>> MetricsSink::open(const std::string& path, Mode mode) {
   std::FILE* file = nullptr;
   if (!path.empty()) {
-    file = std::fopen(path.c_str(), "a");
+    file = std::fopen(path.c_str(), mode == Mode::kTruncate ? "w" : "a");
     if (file == nullptr) {
       return invalid_argument("cannot open metrics file '" + path + "': " + std::strerror(errno));
     }

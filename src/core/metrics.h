@@ -15,8 +15,11 @@ namespace frugal {
 
 class MetricsSink {
  public:
-  // Opens `path` for appending (creating it); an empty path makes a sink that drops everything.
-  static Result<std::unique_ptr<MetricsSink>> open(const std::string& path);
+  enum class Mode { kAppend, kTruncate };
+  // Opens `path` (creating it) for appending, or emptied first (kTruncate: a fresh file per
+  // run); an empty path makes a sink that drops everything.
+  static Result<std::unique_ptr<MetricsSink>> open(const std::string& path,
+                                                   Mode mode = Mode::kAppend);
   ~MetricsSink();
   MetricsSink(const MetricsSink&) = delete;
   MetricsSink& operator=(const MetricsSink&) = delete;

@@ -28,6 +28,25 @@ TEST(MetricsSink, AppendsOneJsonObjectPerLine) {
   EXPECT_EQ(records[1]["loss"], 1.5);
 }
 
+TEST(MetricsSink, TruncateModeStartsAFreshFileAndAppendKeepsIt) {
+  std::string path =
+      (std::filesystem::temp_directory_path() / "frugal_metrics_modes.jsonl").string();
+  std::ofstream(path) << "{\"old\":1}\n";
+  auto count_lines = [&] {
+    std::ifstream in(path);
+    std::string line;
+    int lines = 0;
+    while (std::getline(in, line)) ++lines;
+    return lines;
+  };
+  ASSERT_TRUE(MetricsSink::open(path).value()->write({{"step", 1}}).is_ok());
+  EXPECT_EQ(count_lines(), 2);
+  ASSERT_TRUE(
+      MetricsSink::open(path, MetricsSink::Mode::kTruncate).value()->write({{"step", 2}}).is_ok());
+  EXPECT_EQ(count_lines(), 1);
+  std::filesystem::remove(path);
+}
+
 TEST(MetricsSink, UnwritablePathIsAClearError) {
   auto sink = MetricsSink::open("/nonexistent-dir/metrics.jsonl");
   ASSERT_FALSE(sink.is_ok());

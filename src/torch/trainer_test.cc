@@ -92,7 +92,6 @@ TEST(TrainerTest, ADifferentSampleOrderGivesDifferentParameters) {
       TrainerOptions o = small_mlp_options();
       o.steps = 5;
       o.batch_size = 32;
-      o.data.synthetic_train_size = 4096;
       auto trainer = Trainer::create(comm, o);
       ASSERT_TRUE(trainer.is_ok());
       // Same initial weights, then a different permutation: reseed the shuffle only.
