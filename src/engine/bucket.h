@@ -14,8 +14,9 @@ namespace frugal {
 // Where one tensor lies inside its bucket's fusion buffer.
 struct TensorSlot {
   TensorId id = 0;
-  size_t offset_bytes = 0;  // from the start of the bucket
+  size_t offset_bytes = 0;  // from the start of the bucket's dense layout
   size_t bytes = 0;
+  bool compressed = false;  // sparsified (alone, or with the bucket's buffer); else dense
 };
 
 // A group of consecutive tensors (in registration = backward order) exchanged by one collective.
@@ -23,6 +24,9 @@ struct Bucket {
   int index = 0;  // launch order: every rank launches bucket 0, 1, 2, ... in this order
   std::vector<TensorSlot> tensors;
   size_t bytes = 0;  // sum of the tensors' bytes
+  // Sparsify-behind: the compressed tensors are fused (dense) and compressed as one buffer.
+  // Otherwise each compressed tensor is compressed alone, as soon as it is ready.
+  bool compress_fused = false;
 };
 
 // Packs tensors, in the given order, greedily into buckets of at most `fusion_threshold_bytes`
