@@ -1,12 +1,17 @@
 #include "cli/bench_command.h"
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <optional>
 #include <thread>
 
 #include "bench/comm_bench.h"
 #include "bench/compress_bench.h"
 #include "bench/model_shapes.h"
+#include "bench/replay_bench.h"
 #include "cli/launch.h"
 #include "cli/validators.h"
 #include "compress/registry.h"
@@ -201,6 +206,183 @@ void add_compress_bench_command(CLI::App& bench, int& exit_code) {
   compress->callback([flags, &exit_code] { exit_code = run_compress_bench_command(*flags); });
 }
 
+struct ReplayBenchFlags {
+  std::string backend = "gloo";
+  int workers = 4;
+  int64_t timeout_ms = 120'000;
+  std::string iface;
+  std::vector<std::string> models = {"resnet50"};
+  std::string backward_ms = "auto";
+  bench::ReplayBenchOptions options;
+  std::string json_path;
+  std::string markdown_path;
+  std::string plot_path;
+};
+
+// "auto" -> nullopt (derived from the dense communication time), else milliseconds >= 0.
+Result<std::optional<double>> parse_backward_ms(const std::string& text) {
+  if (text == "auto") return std::optional<double>();
+  char* end = nullptr;
+  const double value = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || !(value >= 0) || !std::isfinite(value)) {
+    return invalid_argument("--backward-ms: '" + text +
+                            "' is invalid; it must be 'auto' or milliseconds >= 0");
+  }
+  return std::optional<double>(value);
+}
+
+Status write_text_file(const std::string& path, const std::string& text, const char* flag) {
+  std::ofstream out(path, std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) return unavailable(std::string(flag) + ": cannot write '" + path + "'");
+  return Status::ok();
+}
+
+// Rank 0's files: JSON, markdown, and the plot (from the JSON; a temporary one without --json).
+Status write_replay_outputs(const ReplayBenchFlags& flags,
+                            const std::vector<bench::ReplayResult>& results) {
+  const std::string json = bench::format_json(results, flags.options);
+  if (!flags.json_path.empty()) {
+    FRUGAL_RETURN_IF_ERROR(write_text_file(flags.json_path, json, "--json"));
+  }
+  if (!flags.markdown_path.empty()) {
+    FRUGAL_RETURN_IF_ERROR(
+        write_text_file(flags.markdown_path, bench::format_markdown(results), "--markdown"));
+  }
+  if (flags.plot_path.empty()) return Status::ok();
+  if (!flags.json_path.empty()) return bench::plot_replay(flags.json_path, flags.plot_path);
+  char temp[] = "/tmp/frugal-replay-XXXXXX.json";
+  const int fd = mkstemps(temp, 5);
+  if (fd < 0) return unavailable("--plot: cannot create a temporary JSON file in /tmp");
+  close(fd);
+  Status status = write_text_file(temp, json, "--plot");
+  if (status.is_ok()) status = bench::plot_replay(temp, flags.plot_path);
+  std::remove(temp);
+  return status;
+}
+
+// One rank: every model in turn; rank 0 prints each table as soon as it is measured.
+Status replay_one_rank(Communicator& comm, const ReplayBenchFlags& flags,
+                       const bench::ReplayBenchOptions& options) {
+  std::vector<bench::ReplayResult> results;
+  for (const std::string& model : flags.models) {
+    bench::ReplayBenchOptions model_options = options;
+    model_options.model = model;
+    FRUGAL_ASSIGN_OR_RETURN(bench::ReplayResult result,
+                            bench::run_replay_bench(comm, model_options));
+    if (comm.rank() == 0) {
+      std::fputs((bench::format_table(result) + "\n").c_str(), stdout);
+      std::fflush(stdout);
+    }
+    results.push_back(std::move(result));
+  }
+  return comm.rank() == 0 ? write_replay_outputs(flags, results) : Status::ok();
+}
+
+int run_replay_bench_command(const ReplayBenchFlags& flags, const std::vector<std::string>& argv) {
+  if (flags.workers < 1) {
+    return report_error(invalid_argument("--workers " + std::to_string(flags.workers) +
+                                         " is invalid; it must be >= 1"));
+  }
+  auto backward_ms = parse_backward_ms(flags.backward_ms);
+  if (!backward_ms.is_ok()) return report_error(backward_ms.status());
+  bench::ReplayBenchOptions options = flags.options;
+  options.backward_ms = *backward_ms;
+  // Every model is checked before any rank starts, so a typo fails at once and only once.
+  for (const std::string& model : flags.models) {
+    options.model = model;
+    if (Status s = bench::validate(options); !s.is_ok()) return report_error(s);
+  }
+  RankJob job;
+  job.backend = flags.backend;
+  job.workers = flags.workers;
+  job.timeout_ms = flags.timeout_ms;
+  job.iface = flags.iface;
+  job.check_consistency = false;  // a benchmark: no extra round trip per collective
+  return run_job_ranks(job, argv,
+                       [&](Communicator& comm) { return replay_one_rank(comm, flags, options); });
+}
+
+void add_replay_bench_command(CLI::App& bench, int& exit_code,
+                              const std::vector<std::string>& argv) {
+  auto flags = std::make_shared<ReplayBenchFlags>();
+  bench::ReplayBenchOptions& o = flags->options;
+  CLI::App* replay = bench.add_subcommand(
+      "replay",
+      "Fusion strategies of the engine on a model's real gradient shapes, paced by a backward "
+      "time, with no model");
+  replay
+      ->add_option("--model", flags->models,
+                   "Model shape lists, comma-separated: a name in bench/shapes (resnet50, "
+                   "bert-base, vgg16) or a path; one table per model")
+      ->delimiter(',')
+      ->capture_default_str();
+  replay->add_option("--shapes-dir", o.shapes_dir,
+                     "Directory of model shape lists (default: $FRUGAL_SHAPES_DIR, else the "
+                     "checkout's bench/shapes)");
+  replay
+      ->add_option("--fusion", o.fusions,
+                   "Strategies: none, bytes:MB, omgs, safusion, ssfusion (with --compress), or "
+                   "dense (no compressor, bytes:25)")
+      ->delimiter(',')
+      ->capture_default_str();
+  replay
+      ->add_option("--compress", o.compressor,
+                   "Compressor spec of every strategy but dense; a sparse one (topk, dgc, "
+                   "gaussiank, redsync) lets the engine count missing tensors")
+      ->capture_default_str();
+  replay
+      ->add_option("--backward-ms", flags->backward_ms,
+                   "Backward time per step, or auto: the dense communication time / "
+                   "--comm-ratio. Gradients become ready in proportion to their parameters")
+      ->capture_default_str();
+  replay
+      ->add_option("--comm-ratio", o.comm_ratio,
+                   "With --backward-ms auto: dense communication time / backward time")
+      ->capture_default_str();
+  replay->add_option("--steps", o.steps, "Timed steps per strategy (median reported)")
+      ->check(positive())
+      ->capture_default_str();
+  replay
+      ->add_option("--warmup", o.warmup,
+                   "Untimed steps per strategy first (default: --profile-steps + 2; at least "
+                   "--profile-steps + 1 times the cost-model planners' final plan)")
+      ->check(non_negative());
+  replay
+      ->add_option("--profile-steps", o.profile_steps,
+                   "Steps the cost-model planners (omgs, safusion, ssfusion) profile")
+      ->check(positive())
+      ->capture_default_str();
+  replay->add_option("--seed", o.seed, "Seed of the gradients and the compressors")
+      ->capture_default_str();
+  replay->add_option("--backend", flags->backend, "Communication backend")
+      ->check(CLI::IsMember({"local", "gloo", "mpi"}))
+      ->capture_default_str();
+  replay
+      ->add_option("--workers", flags->workers,
+                   "Ranks to start on this host; ignored when started by mpirun or with "
+                   "RANK/WORLD_SIZE (e.g. by bench/cluster.sh)")
+      ->capture_default_str();
+  replay->add_option("--timeout-ms", flags->timeout_ms, "Per-collective timeout")
+      ->check(positive())
+      ->capture_default_str();
+  replay->add_option("--iface", flags->iface,
+                     "Network interface for gloo (default: FRUGAL_SOCKET_IFNAME, else loopback)");
+  replay->add_option("--json", flags->json_path,
+                     "Write {run, records}: one record per model and strategy");
+  replay->add_option("--markdown", flags->markdown_path, "Write the tables as markdown");
+  replay
+      ->add_option("--trace", o.trace_prefix,
+                   "Write a Chrome trace of every rank per model and strategy to "
+                   "PREFIX.<model>.<fusion>.trace.json (warm-up included)")
+      ->type_name("PREFIX");
+  replay->add_option("--plot", flags->plot_path,
+                     "Draw iterations/s per model and strategy into this SVG "
+                     "(bench/plot_results.py, python3-matplotlib)");
+  replay->callback(
+      [flags, &exit_code, argv] { exit_code = run_replay_bench_command(*flags, argv); });
+}
 }  // namespace
 
 void add_bench_commands(CLI::App& app, int& exit_code, const std::vector<std::string>& argv) {
@@ -242,6 +424,7 @@ void add_bench_commands(CLI::App& app, int& exit_code, const std::vector<std::st
   comm->callback([flags, &exit_code, argv] { exit_code = run_comm_bench_command(*flags, argv); });
 
   add_compress_bench_command(*bench, exit_code);
+  add_replay_bench_command(*bench, exit_code, argv);
 }
 
 }  // namespace frugal::cli

@@ -1,6 +1,7 @@
 #include "cli/train_command.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cstdlib>
 #include <memory>
 #include <thread>
@@ -8,8 +9,10 @@
 #include "cli/launch.h"
 #include "cli/train_report.h"
 #include "cli/validators.h"
+#include "compress/registry.h"
 #include "core/clock.h"
 #include "core/timeline.h"
+#include "engine/fusion_plan.h"
 #include "torch/models.h"
 #include "torch/optimizer.h"
 #include "torch/trainer.h"
@@ -26,7 +29,9 @@ struct TrainFlags {
   std::string progress = "auto";
   ReportOptions report;
   std::string trace_path;
-  double fusion_threshold_mb = 25;
+  std::string fusion = "bytes:25";
+  std::string dense_below = "auto";
+  std::string sync = "all";
   double first_bucket_mb = 1;
   double own_bucket_mb = 4;
   int64_t timeout_ms = 120'000;
@@ -66,7 +71,10 @@ nlohmann::json config_json(const TrainFlags& f, const TrainerOptions& o, int wor
           {"warmup_steps", o.schedule.warmup_steps},
           {"seed", o.seed},
           {"threads", o.threads},
-          {"fusion_threshold_mb", f.fusion_threshold_mb},
+          {"sync", f.sync},
+          {"compress", o.compress.empty() ? "none" : o.compress},
+          {"fusion", f.fusion},
+          {"dense_below", f.dense_below},
           {"first_bucket_mb", f.first_bucket_mb},
           {"own_bucket_mb", f.own_bucket_mb},
           {"check_replicas", o.check_replicas_every}};
@@ -142,6 +150,29 @@ Status train_one_rank(Communicator& comm, const TrainFlags& flags, int64_t start
   return Status::ok();
 }
 
+// "auto" -> -1; otherwise a byte count with an optional K, M or G suffix (powers of 1024).
+Result<int64_t> parse_dense_below(const std::string& text) {
+  if (text == "auto") return int64_t{-1};
+  const std::string invalid = "--dense-below '" + text +
+                              "' is invalid; valid: auto, or a size in bytes such as 0, 4096, "
+                              "64K, 1M";
+  double value = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (error != std::errc()) return invalid_argument(invalid);
+  double scale = 1;
+  const std::string suffix(end, text.data() + text.size());
+  if (suffix == "K" || suffix == "k")
+    scale = 1024.0;
+  else if (suffix == "M" || suffix == "m")
+    scale = 1024.0 * 1024;
+  else if (suffix == "G" || suffix == "g")
+    scale = 1024.0 * 1024 * 1024;
+  else if (!suffix.empty())
+    return invalid_argument(invalid);
+  if (!(value >= 0) || value * scale > 1e15) return invalid_argument(invalid);
+  return static_cast<int64_t>(value * scale);
+}
+
 // Fills the derived settings (learning rate, threads, bytes) and checks the flags.
 Status resolve(TrainFlags& f) {
   if (f.workers < 1) {
@@ -155,13 +186,24 @@ Status resolve(TrainFlags& f) {
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     o.threads = std::max(1, cores / local_ranks(f));
   }
-  if (f.fusion_threshold_mb < 0 || f.first_bucket_mb < 0 || f.own_bucket_mb < 0) {
-    return invalid_argument(
-        "--fusion-threshold-mb, --first-bucket-mb and --own-bucket-mb must be >= 0");
+  if (f.first_bucket_mb < 0 || f.own_bucket_mb < 0) {
+    return invalid_argument("--first-bucket-mb and --own-bucket-mb must be >= 0");
   }
   o.own_bucket_bytes = static_cast<size_t>(f.own_bucket_mb * (1 << 20));
-  o.fusion_threshold_bytes = static_cast<size_t>(f.fusion_threshold_mb * (1 << 20));
   o.first_bucket_bytes = static_cast<size_t>(f.first_bucket_mb * (1 << 20));
+  FRUGAL_ASSIGN_OR_RETURN(const FusionSpec fusion, parse_fusion(f.fusion));
+  o.fusion = fusion.kind;
+  o.fusion_threshold_bytes = fusion.bytes;
+  FRUGAL_ASSIGN_OR_RETURN(o.dense_below_bytes, parse_dense_below(f.dense_below));
+  o.sync = f.sync == "all";
+  if (!o.compress.empty() && o.compress != "none") {
+    // Built once here so that a bad spec fails before any worker starts.
+    CompressorContext context;
+    context.world_size = f.workers;
+    auto made = make_compressor(o.compress, context);
+    if (!made.is_ok()) return made.status().with_context("--compress '" + o.compress + "'");
+    if (!o.sync) return invalid_argument("--compress with --sync none: nothing is sent");
+  }
   f.report.progress = f.progress == "bar"     ? ProgressMode::kBar
                       : f.progress == "lines" ? ProgressMode::kLines
                       : f.progress == "off"   ? ProgressMode::kOff
@@ -280,9 +322,29 @@ void add_train_command(CLI::App& app, int& exit_code, const std::vector<std::str
                    "workers x threads <= cores)")
       ->check(non_negative());
   train
-      ->add_option("--fusion-threshold-mb", flags->fusion_threshold_mb,
-                   "Gradient bucket size in MiB (Horovod-style fusion; 0: one bucket per "
-                   "tensor)")
+      ->add_option("--sync", flags->sync,
+                   "Gradient synchronization: all, or none (each worker trains alone: a "
+                   "local-SGD upper bound for benchmarks)")
+      ->check(CLI::IsMember({"all", "none"}))
+      ->capture_default_str();
+  train
+      ->add_option("--compress", o.compress,
+                   "Gradient compressor spec (e.g. adtopk:density=0.01, ef(topk:density=0.01), "
+                   "ef(dgc:density=0.01), fp16, powersgd:rank=4; `frugal bench compress --list` "
+                   "lists them); none: dense allreduce")
+      ->capture_default_str();
+  train
+      ->add_option("--fusion", flags->fusion,
+                   "Gradient fusion: none (per tensor, WFBP), bytes:MB (Horovod: fuse up to MB, "
+                   "then compress the buffer), omgs (fuse, then one top-k per buffer), safusion "
+                   "(compress each tensor as it is ready, fuse the payloads; buffers from a "
+                   "profiled cost model), ssfusion (per tensor: compress only where it pays)")
+      ->capture_default_str();
+  train
+      ->add_option("--dense-below", flags->dense_below,
+                   "Gradients smaller than this (bytes; K/M suffixes) skip the compressor and "
+                   "go dense through allreduce; auto: the cost model's cut-off for "
+                   "safusion/ssfusion, 0 for the others")
       ->capture_default_str();
   train
       ->add_option("--first-bucket-mb", flags->first_bucket_mb,

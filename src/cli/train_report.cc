@@ -135,9 +135,15 @@ void TrainReporter::on_step(const StepReport& r) {
                          {"bytes_sent", r.sync.bytes_sent},
                          {"bytes_received", r.sync.bytes_received},
                          {"dense_bytes", r.sync.dense_bytes},
+                         {"dense_wire_bytes", r.sync.dense_wire_bytes},
                          {"buckets", r.sync.num_buckets},
+                         {"compress_ms", static_cast<double>(r.sync.compress_us) * 1e-3},
+                         {"decompress_ms", static_cast<double>(r.sync.decompress_us) * 1e-3},
                          {"comm_ms", static_cast<double>(r.sync.comm_us) * 1e-3},
-                         {"exposed_comm_ms", static_cast<double>(r.sync.wait_us) * 1e-3}}));
+                         {"exposed_comm_ms", static_cast<double>(r.sync.wait_us) * 1e-3},
+                         {"tensors_compressed", r.sync.tensors_compressed},
+                         {"tensors_missing", r.sync.tensors_missing},
+                         {"residual_bytes", r.sync.residual_bytes}}));
   }
 }
 
@@ -204,8 +210,14 @@ Status TrainReporter::finish(const TrainSummary& s, double wall_seconds) {
                   {"bytes_sent_per_step", s.bytes_sent_per_step},
                   {"bytes_received_per_step", s.bytes_received_per_step},
                   {"dense_bytes_per_step", s.dense_bytes_per_step},
+                  {"dense_wire_bytes_per_step", s.dense_wire_bytes_per_step},
+                  {"compressor", s.compressor},
+                  {"compress_ms_per_step", s.compress_ms_per_step},
+                  {"decompress_ms_per_step", s.decompress_ms_per_step},
                   {"comm_ms_per_step", s.comm_ms_per_step},
                   {"exposed_comm_ms_per_step", s.wait_ms_per_step},
+                  {"tensor_missing_rate", s.tensor_missing_rate},
+                  {"residual_bytes", s.residual_bytes},
                   {"buckets", s.num_buckets}});
   if (!options_.summary_path.empty()) {
     std::ofstream out(options_.summary_path, std::ios::trunc);
@@ -215,9 +227,16 @@ Status TrainReporter::finish(const TrainSummary& s, double wall_seconds) {
   std::printf("done: %lld steps in %.1f s (%.1f s training); %s\n", static_cast<long long>(s.steps),
               wall_seconds, s.train_seconds,
               s.eval.samples > 0 ? format_eval(s.eval).c_str() : "no evaluation");
-  std::printf("      %.0f samples/s; sent %s/step (dense %s); exposed communication %.1f ms/step\n",
-              s.samples_per_s, format_bytes(s.bytes_sent_per_step).c_str(),
-              format_bytes(s.dense_bytes_per_step).c_str(), s.wait_ms_per_step);
+  std::printf(
+      "      %.0f samples/s; sent %s/step (%s; a dense allreduce sends %s); compression "
+      "%.1f ms/step; exposed communication %.1f ms/step\n",
+      s.samples_per_s, format_bytes(s.bytes_sent_per_step).c_str(), s.compressor.c_str(),
+      format_bytes(s.dense_wire_bytes_per_step).c_str(),
+      s.compress_ms_per_step + s.decompress_ms_per_step, s.wait_ms_per_step);
+  if (s.tensor_missing_rate > 0) {
+    std::printf("      %.1f%% of compressed tensors sent no element (tensor missing)\n",
+                100 * s.tensor_missing_rate);
+  }
   std::fflush(stdout);
   return write_error_;
 }

@@ -1,6 +1,8 @@
 #include "engine/synchronizer.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -212,7 +214,8 @@ Status Synchronizer::replan_from_profile() {
   std::vector<double> local(count * kFields);
   for (size_t t = 0; t < count; ++t) {
     std::vector<double> ready, compress, payload, decompress;
-    for (const auto& step : profile_) {
+    for (size_t k = static_cast<size_t>(options_.profile_warmup_steps); k < profile_.size(); ++k) {
+      const auto& step = profile_[k];
       ready.push_back(step[t].ready_us);
       compress.push_back(step[t].compress_us);
       payload.push_back(step[t].payload_bytes);
@@ -255,6 +258,21 @@ Status Synchronizer::replan_from_profile() {
   }
   compressed_ = request.compressed;
   Plan plan = plan_by_cost_model(request);
+  if (std::getenv("FRUGAL_DEBUG_PLAN") && comm_.rank() == 0) {
+    std::fprintf(stderr, "plan: latency %.1f us, allreduce %.3f us/KB, allgather %.3f us/KB\n",
+                 link_.latency_us, link_.allreduce_us_per_byte * 1024,
+                 link_.allgather_us_per_byte * 1024);
+    for (size_t t = 0; t < count; ++t) {
+      const TensorProfile& p = request.tensors[t];
+      std::fprintf(
+          stderr,
+          "  %s: %zu B ready %.0f us compress %.0f us payload %.0f B decompress %.0f us -> %s\n",
+          tensors_[t].name.c_str(), p.bytes, p.ready_us, p.compress_us, p.payload_bytes,
+          p.decompress_us, compressed_[t] ? "sparse" : "dense");
+    }
+    for (const Bucket& b : plan.buckets)
+      std::fprintf(stderr, "  bucket %d: %zu tensors\n", b.index, b.tensors.size());
+  }
   predicted_us_ = plan.predicted_us;
   final_plan_ = true;
   profile_.clear();
@@ -272,7 +290,8 @@ Status Synchronizer::begin_step() {
   Status planned = Status::ok();
   if (!planned_) {
     planned = plan();
-  } else if (profiling() && static_cast<int>(profile_.size()) >= options_.profile_steps) {
+  } else if (profiling() && static_cast<int>(profile_.size()) >=
+                                options_.profile_warmup_steps + options_.profile_steps) {
     // Both threads are idle between steps, so this thread may use the communicator.
     planned = replan_from_profile();
   }

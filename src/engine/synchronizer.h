@@ -23,7 +23,7 @@
 // compressor: compresses tensors in the order they become ready, or whole fused buffers), one
 // communication thread (launches buckets strictly in index order, then decodes and averages).
 //
-// Cost-model planners (omgs, safusion, ssfusion) run the first profile_steps steps with one
+// Cost-model planners (omgs, safusion, ssfusion) run the first steps with one
 // bucket per tensor while they measure when each gradient arrives, how long it takes to compress
 // and decode and how big its payload is; then, in the next begin_step, every rank takes the
 // maxima over ranks, probes the link (latency and per-byte cost of allreduce and allgather) and
@@ -78,7 +78,9 @@ struct SynchronizerOptions {
   // Hybrid dispatch: tensors smaller than this go dense through allreduce. -1: automatic (the
   // cost model's size cut-off for safusion, its per-tensor choice for ssfusion, 0 otherwise).
   int64_t dense_below_bytes = -1;
-  // Cost-model planners: steps profiled (one bucket per tensor) before the plan is fixed.
+  // Cost-model planners: steps profiled (one bucket per tensor) before the plan is fixed, after
+  // warm-up steps whose timings are skewed by first-touch page faults and connection set-up.
+  int profile_warmup_steps = 2;
   int profile_steps = 3;
   // Planned length of training, passed to compressors (warm-up schedules); 0: unknown.
   int64_t total_steps = 0;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "engine/fusion_plan.h"
 #include "torch/lr_schedule.h"
 
 namespace frugal {
@@ -45,9 +46,18 @@ struct TrainerOptions {
   bool evaluate = true;  // evaluate on the test split at each epoch end and at the end
   uint64_t seed = 1;     // weights, shuffling and synthetic data
   int threads = 0;       // this rank's LibTorch intra-op threads; 0 = leave as is
-  size_t fusion_threshold_bytes = size_t{25} << 20;  // 0 = one bucket per tensor (WFBP)
+  // Gradient synchronization. false: none at all (each rank trains alone: a local-SGD upper
+  // bound for benchmarks, never a sensible default).
+  bool sync = true;
+  // A compressor spec of the registry (compress/registry.h), e.g. "adtopk:density=0.01";
+  // empty or "none": dense allreduce.
+  std::string compress;
+  FusionKind fusion = FusionKind::kBytes;  // the planner (engine/fusion_plan.h)
+  // kBytes: fusion threshold; 0 = one bucket per tensor (WFBP).
+  size_t fusion_threshold_bytes = size_t{25} << 20;
   size_t first_bucket_bytes = size_t{1} << 20;
   size_t own_bucket_bytes = 0;       // tensors this big are exchanged alone, in place (0: off)
+  int64_t dense_below_bytes = -1;    // hybrid cut-off; -1: automatic (SynchronizerOptions)
   int64_t check_replicas_every = 0;  // > 0: verify bit-identical parameters every N steps
   // Steps left out of samples_per_s at the start (allocation, first-touch, connection set-up).
   int64_t timing_warmup_steps = 5;

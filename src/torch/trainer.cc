@@ -11,6 +11,7 @@
 #include <functional>
 #include <mutex>
 
+#include "compress/registry.h"
 #include "core/clock.h"
 #include "torch/models.h"
 #include "torch/optimizer.h"
@@ -94,7 +95,6 @@ struct Trainer::Impl {
   Status step(StepReport* report);
   Result<EvalResult> evaluate();
   Status check_replicas();
-  Status make_bucket_optimizers();
   // Called by autograd once parameter `index`'s gradient is accumulated.
   void on_grad_ready(size_t index);
 
@@ -108,11 +108,13 @@ struct Trainer::Impl {
   std::vector<std::string> param_names;
   std::vector<torch::Tensor> buffers;
   std::vector<TensorId> sync_ids;  // by parameter index
-  // One optimizer per bucket, stepped as soon as that bucket's gradients are averaged, so the
-  // update of early buckets overlaps the communication of later ones. Built at the first step,
-  // when the Synchronizer has planned its buckets.
-  std::vector<std::unique_ptr<torch::optim::Optimizer>> bucket_optimizers;
-  std::vector<size_t> param_of_tensor;  // Synchronizer TensorId -> parameter index
+  // One optimizer per parameter, stepped as soon as its bucket's gradients are averaged, so the
+  // update of early buckets overlaps the communication of later ones; per parameter rather than
+  // per bucket because cost-model planners change the buckets after profiling, and optimizer
+  // state must not depend on the bucketing.
+  std::vector<std::unique_ptr<torch::optim::Optimizer>> param_optimizers;
+  std::vector<size_t> param_of_tensor;     // Synchronizer TensorId -> parameter index
+  std::unique_ptr<Compressor> compressor;  // before sync: destroyed after it
   std::unique_ptr<Synchronizer> sync;
   // The AccumulateGrad nodes carrying our hooks: a parameter only holds a weak reference, so
   // they are kept alive here (as DDP's reducer keeps them).
@@ -129,7 +131,9 @@ struct Trainer::Impl {
   int64_t samples = 0, timed_samples = 0;
   double epoch_loss_sum = 0;
   int64_t epoch_batches = 0;
-  double bytes_sent = 0, bytes_received = 0, dense_bytes = 0, comm_us = 0, wait_us = 0;
+  double bytes_sent = 0, bytes_received = 0, dense_bytes = 0, dense_wire_bytes = 0;
+  double comm_us = 0, wait_us = 0, compress_us = 0, decompress_us = 0;
+  int64_t tensors_compressed = 0, tensors_missing = 0;
 };
 
 namespace {
@@ -177,13 +181,37 @@ Status Trainer::Impl::init() {
     torch::NoGradGuard no_grad;
     FRUGAL_RETURN_IF_ERROR(broadcast_from_rank0(comm, initial_state));
   }
-  // Validate the optimizer settings now (before any step), on every parameter.
-  FRUGAL_RETURN_IF_ERROR(make_optimizer(options.optimizer, params).status());
+  for (const torch::Tensor& param : params) {
+    FRUGAL_ASSIGN_OR_RETURN(auto optimizer, make_optimizer(options.optimizer, {param}));
+    param_optimizers.push_back(std::move(optimizer));
+  }
 
+  shard =
+      ShardOptions{data->size(Split::kTrain), comm.rank(), comm.size(), options.seed, true, true};
+  const int64_t per_rank = shard_size(shard);
+  if (per_rank == 0) {
+    return invalid_argument("the training split has " + std::to_string(shard.dataset_size) +
+                            " samples: too few for " + std::to_string(comm.size()) + " workers");
+  }
+  steps_per_epoch = (per_rank + options.batch_size - 1) / options.batch_size;
+  total_steps = options.steps > 0 ? options.steps : options.epochs * steps_per_epoch;
+
+  if (!options.compress.empty() && options.compress != "none") {
+    CompressorContext context;
+    context.world_size = comm.size();
+    context.seed = options.seed;
+    auto made = make_compressor(options.compress, context);
+    if (!made.is_ok()) return made.status().with_context("--compress");
+    compressor = std::move(made).value();
+  }
   SynchronizerOptions sync_options;
+  sync_options.fusion = options.fusion;
   sync_options.fusion_threshold_bytes = options.fusion_threshold_bytes;
   sync_options.first_bucket_bytes = options.first_bucket_bytes;
   sync_options.own_bucket_bytes = options.own_bucket_bytes;
+  sync_options.compressor = compressor.get();
+  sync_options.dense_below_bytes = options.dense_below_bytes;
+  sync_options.total_steps = total_steps;
   sync_options.timeline = timeline;
   sync = std::make_unique<Synchronizer>(comm, sync_options);
   // Backward produces gradients roughly in reverse registration order (last layer first), so
@@ -202,33 +230,12 @@ Status Trainer::Impl::init() {
     grad_accumulators.push_back(std::move(accumulator));
   }
 
-  shard =
-      ShardOptions{data->size(Split::kTrain), comm.rank(), comm.size(), options.seed, true, true};
-  const int64_t per_rank = shard_size(shard);
-  if (per_rank == 0) {
-    return invalid_argument("the training split has " + std::to_string(shard.dataset_size) +
-                            " samples: too few for " + std::to_string(comm.size()) + " workers");
-  }
-  steps_per_epoch = (per_rank + options.batch_size - 1) / options.batch_size;
-  total_steps = options.steps > 0 ? options.steps : options.epochs * steps_per_epoch;
   model->train();
   return Status::ok();
 }
 
-Status Trainer::Impl::make_bucket_optimizers() {
-  for (const Bucket& bucket : sync->buckets()) {
-    std::vector<torch::Tensor> bucket_params;
-    for (const TensorSlot& slot : bucket.tensors) {
-      bucket_params.push_back(params[param_of_tensor[static_cast<size_t>(slot.id)]]);
-    }
-    FRUGAL_ASSIGN_OR_RETURN(auto optimizer, make_optimizer(options.optimizer, bucket_params));
-    bucket_optimizers.push_back(std::move(optimizer));
-  }
-  return Status::ok();
-}
-
 void Trainer::Impl::on_grad_ready(size_t index) {
-  if (!hook_error.is_ok()) return;
+  if (!hook_error.is_ok() || !options.sync) return;
   torch::Tensor& grad = params[index].mutable_grad();
   // AccumulateGrad keeps a fresh gradient in the parameter's (contiguous) layout; the check
   // guards the engine's view against anything else.
@@ -259,11 +266,10 @@ Status Trainer::Impl::step(StepReport* report) {
                          .subspan(static_cast<size_t>(begin), static_cast<size_t>(count)));
   for (auto& p : params) p.mutable_grad().reset();  // autograd then stores fresh gradients
 
-  FRUGAL_RETURN_IF_ERROR(sync->begin_step());
-  if (bucket_optimizers.empty()) FRUGAL_RETURN_IF_ERROR(make_bucket_optimizers());
+  if (options.sync) FRUGAL_RETURN_IF_ERROR(sync->begin_step());
   const double lr =
       learning_rate_at(options.schedule, options.optimizer.lr, step_count, total_steps);
-  for (auto& optimizer : bucket_optimizers) set_learning_rate(*optimizer, lr);
+  for (auto& optimizer : param_optimizers) set_learning_rate(*optimizer, lr);
   hook_error = Status::ok();
   torch::Tensor loss;
   {
@@ -276,15 +282,26 @@ Status Trainer::Impl::step(StepReport* report) {
     loss.backward();
   }
   Status optimizer_error;
-  const Status synced = sync->finish_step([&](const Bucket& bucket) {
+  const auto step_params = [&](const Bucket& bucket) {
     if (!optimizer_error.is_ok()) return;
     ScopedTraceEvent event(timeline, phase::kOptimizer);
     // The Synchronizer is not exception-safe; LibTorch errors stop here.
     optimizer_error = guarded("the optimizer step", [&] {
-      bucket_optimizers[static_cast<size_t>(bucket.index)]->step();
+      for (const TensorSlot& slot : bucket.tensors) {
+        param_optimizers[param_of_tensor[static_cast<size_t>(slot.id)]]->step();
+      }
       return Status::ok();
     });
-  });
+  };
+  Status synced = Status::ok();
+  if (options.sync) {
+    synced = sync->finish_step(step_params);
+  } else {
+    Bucket all;  // no synchronization: every parameter steps on its own gradient
+    for (size_t id = 0; id < params.size(); ++id)
+      all.tensors.push_back({static_cast<TensorId>(id)});
+    step_params(all);
+  }
   FRUGAL_RETURN_IF_ERROR(hook_error);
   FRUGAL_RETURN_IF_ERROR(synced);
   FRUGAL_RETURN_IF_ERROR(optimizer_error);
@@ -302,12 +319,17 @@ Status Trainer::Impl::step(StepReport* report) {
   }
   epoch_loss_sum += loss_value;
   ++epoch_batches;
-  const StepStats& stats = sync->last_step_stats();
+  const StepStats stats = options.sync ? sync->last_step_stats() : StepStats{};
   bytes_sent += static_cast<double>(stats.bytes_sent);
   bytes_received += static_cast<double>(stats.bytes_received);
   dense_bytes += static_cast<double>(stats.dense_bytes);
+  dense_wire_bytes += static_cast<double>(stats.dense_wire_bytes);
   comm_us += static_cast<double>(stats.comm_us);
   wait_us += static_cast<double>(stats.wait_us);
+  compress_us += static_cast<double>(stats.compress_us);
+  decompress_us += static_cast<double>(stats.decompress_us);
+  tensors_compressed += stats.tensors_compressed;
+  tensors_missing += stats.tensors_missing;
   ++step_count;
 
   if (report != nullptr) {
@@ -441,9 +463,18 @@ Result<TrainSummary> Trainer::run(TrainObserver* observer) {
   summary.bytes_sent_per_step = m.bytes_sent / steps;
   summary.bytes_received_per_step = m.bytes_received / steps;
   summary.dense_bytes_per_step = m.dense_bytes / steps;
+  summary.dense_wire_bytes_per_step = m.dense_wire_bytes / steps;
   summary.comm_ms_per_step = m.comm_us / steps * 1e-3;
   summary.wait_ms_per_step = m.wait_us / steps * 1e-3;
+  summary.compress_ms_per_step = m.compress_us / steps * 1e-3;
+  summary.decompress_ms_per_step = m.decompress_us / steps * 1e-3;
+  summary.tensor_missing_rate =
+      m.tensors_compressed > 0
+          ? static_cast<double>(m.tensors_missing) / static_cast<double>(m.tensors_compressed)
+          : 0.0;
+  summary.residual_bytes = m.compressor ? m.compressor->stats().residual_bytes : 0;
   summary.num_buckets = static_cast<int>(m.sync->buckets().size());
+  summary.compressor = m.compressor ? m.compressor->spec() : "none";
   return summary;
 }
 

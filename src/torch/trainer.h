@@ -57,8 +57,14 @@ struct TrainSummary {
   EvalResult eval;                // the last evaluation
   // Per-step means of this rank's Synchronizer counters.
   double bytes_sent_per_step = 0, bytes_received_per_step = 0, dense_bytes_per_step = 0;
+  double dense_wire_bytes_per_step = 0;  // what a dense ring allreduce would send
   double comm_ms_per_step = 0, wait_ms_per_step = 0;
+  double compress_ms_per_step = 0, decompress_ms_per_step = 0;
+  // Share of compressed tensors (over all steps) whose payload selected no element.
+  double tensor_missing_rate = 0;
+  int64_t residual_bytes = 0;  // the compressor's error-feedback memory at the end
   int num_buckets = 0;
+  std::string compressor;  // canonical spec; "none" when dense
 };
 
 class TrainObserver {
