@@ -346,8 +346,8 @@ void add_replay_bench_command(CLI::App& bench, int& exit_code,
       ->capture_default_str();
   replay
       ->add_option("--warmup", o.warmup,
-                   "Untimed steps per strategy first (default: --profile-steps + 2; at least "
-                   "--profile-steps + 1 times the cost-model planners' final plan)")
+                   "Untimed steps per strategy first (default: the engine's 2 profile warm-up "
+                   "steps + --profile-steps + 2, so that only the final plan is timed)")
       ->check(non_negative());
   replay
       ->add_option("--profile-steps", o.profile_steps,
@@ -369,17 +369,22 @@ void add_replay_bench_command(CLI::App& bench, int& exit_code,
       ->capture_default_str();
   replay->add_option("--iface", flags->iface,
                      "Network interface for gloo (default: FRUGAL_SOCKET_IFNAME, else loopback)");
-  replay->add_option("--json", flags->json_path,
-                     "Write {run, records}: one record per model and strategy");
-  replay->add_option("--markdown", flags->markdown_path, "Write the tables as markdown");
+  replay
+      ->add_option("--json", flags->json_path,
+                   "Write {run, records}: one record per model and strategy")
+      ->type_name("FILE");
+  replay->add_option("--markdown", flags->markdown_path, "Write the tables as markdown")
+      ->type_name("FILE");
   replay
       ->add_option("--trace", o.trace_prefix,
                    "Write a Chrome trace of every rank per model and strategy to "
                    "PREFIX.<model>.<fusion>.trace.json (warm-up included)")
       ->type_name("PREFIX");
-  replay->add_option("--plot", flags->plot_path,
-                     "Draw iterations/s per model and strategy into this SVG "
-                     "(bench/plot_results.py, python3-matplotlib)");
+  replay
+      ->add_option("--plot", flags->plot_path,
+                   "Draw iterations/s per model and strategy into this SVG "
+                   "(bench/plot_results.py, python3-matplotlib)")
+      ->type_name("FILE");
   replay->callback(
       [flags, &exit_code, argv] { exit_code = run_replay_bench_command(*flags, argv); });
 }

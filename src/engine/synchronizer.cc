@@ -1,13 +1,12 @@
 #include "engine/synchronizer.h"
 
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <utility>
 
 #include "core/clock.h"
+#include "core/logging.h"
 #include "engine/link_probe.h"
 
 namespace frugal {
@@ -258,25 +257,33 @@ Status Synchronizer::replan_from_profile() {
   }
   compressed_ = request.compressed;
   Plan plan = plan_by_cost_model(request);
-  if (std::getenv("FRUGAL_DEBUG_PLAN") && comm_.rank() == 0) {
-    std::fprintf(stderr, "plan: latency %.1f us, allreduce %.3f us/KB, allgather %.3f us/KB\n",
-                 link_.latency_us, link_.allreduce_us_per_byte * 1024,
-                 link_.allgather_us_per_byte * 1024);
-    for (size_t t = 0; t < count; ++t) {
-      const TensorProfile& p = request.tensors[t];
-      std::fprintf(
-          stderr,
-          "  %s: %zu B ready %.0f us compress %.0f us payload %.0f B decompress %.0f us -> %s\n",
-          tensors_[t].name.c_str(), p.bytes, p.ready_us, p.compress_us, p.payload_bytes,
-          p.decompress_us, compressed_[t] ? "sparse" : "dense");
-    }
-    for (const Bucket& b : plan.buckets)
-      std::fprintf(stderr, "  bucket %d: %zu tensors\n", b.index, b.tensors.size());
-  }
   predicted_us_ = plan.predicted_us;
   final_plan_ = true;
   profile_.clear();
-  return install(std::move(plan.buckets));
+  FRUGAL_RETURN_IF_ERROR(install(std::move(plan.buckets)));
+  log_plan(request);
+  return Status::ok();
+}
+
+void Synchronizer::log_plan(const PlanRequest& request) const {
+  int compressed = 0;
+  for (bool c : compressed_) compressed += c ? 1 : 0;
+  if (comm_.rank() == 0) {
+    spdlog::info(
+        "fusion {}: {} buckets for {} tensors ({} compressed), modelled step end {:.1f} ms; link: "
+        "latency {:.0f} us, allreduce {:.2f} us/KiB, allgather {:.2f} us/KiB",
+        fusion_to_string({options_.fusion, options_.fusion_threshold_bytes}), buckets_.size(),
+        tensors_.size(), compressed, predicted_us_ * 1e-3, link_.latency_us,
+        link_.allreduce_us_per_byte * 1024, link_.allgather_us_per_byte * 1024);
+  }
+  for (size_t t = 0; t < request.tensors.size(); ++t) {
+    const TensorProfile& p = request.tensors[t];
+    spdlog::debug(
+        "  {}: {} B, ready at {:.0f} us, compress {:.0f} us, payload {:.0f} B, "
+        "decode {:.0f} us: {}, bucket {}",
+        tensors_[t].name, p.bytes, p.ready_us, p.compress_us, p.payload_bytes, p.decompress_us,
+        compressed_[t] ? "compressed" : "dense", tensors_[t].bucket);
+  }
 }
 
 Status Synchronizer::begin_step() {
