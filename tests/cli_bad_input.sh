@@ -52,6 +52,13 @@ expect_error "--batch-size: 0 is invalid; it must be a number >= 1" X=1 -- "${tr
 expect_error "--workers 0 is invalid" X=1 -- "${train[@]}" --workers 0
 expect_error "cannot write --metrics file" X=1 -- "${train[@]}" --backend local --metrics /nonexistent/m.jsonl
 expect_error "--nesterov needs --momentum > 0" X=1 -- "${train[@]}" --backend local --nesterov --momentum 0
+expect_error "unknown compressor 'topkk'" X=1 -- "${train[@]}" --compress topkk
+expect_error "density" X=1 -- "${train[@]}" --compress topk:density=2
+expect_error "--compress with --sync none" X=1 -- "${train[@]}" --compress fp16 --sync none
+expect_error "--fusion 'horovod' is unknown; valid: none, bytes:MB" X=1 -- "${train[@]}" --fusion horovod
+expect_error "--fusion 'bytes:0': MB must be a number > 0" X=1 -- "${train[@]}" --fusion bytes:0
+expect_error "--dense-below '12Q' is invalid; valid: auto" X=1 -- "${train[@]}" --dense-below 12Q
+expect_error "--sync: maybe not in" X=1 -- "${train[@]}" --sync maybe
 
-echo "$((19 - failures)) passed, $failures failed"
+echo "$((26 - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

@@ -13,6 +13,7 @@
 #include "comm/factory.h"
 #include "compress/registry.h"
 #include "compress/testing/serial_exchange.h"
+#include "engine/link_probe.h"
 #include "engine/synchronizer.h"
 
 namespace frugal {
@@ -340,6 +341,29 @@ TEST(CompressedSync, CompressorRejectingATensorFailsBeginStepWithItsName) {
     ASSERT_FALSE(status.is_ok());
     EXPECT_NE(status.message().find("'taken'"), std::string::npos) << status.message();
   });
+}
+
+}  // namespace
+}  // namespace frugal
+
+namespace frugal {
+namespace {
+
+TEST(ProbeLink, EveryRankGetsTheSamePositiveModel) {
+  constexpr int kWorld = 3;
+  std::vector<LinkModel> models(kWorld);
+  run_ranks(kWorld, [&](Communicator& comm) {
+    auto model = probe_link(comm);
+    ASSERT_TRUE(model.is_ok()) << model.status().to_string();
+    models[static_cast<size_t>(comm.rank())] = *model;
+  });
+  for (const LinkModel& m : models) {
+    EXPECT_GE(m.latency_us, 0.0);
+    EXPECT_GT(m.allreduce_us_per_byte, 0.0);  // a bigger buffer never comes for free
+    EXPECT_GT(m.allgather_us_per_byte, 0.0);
+    EXPECT_EQ(m.latency_us, models[0].latency_us);
+    EXPECT_EQ(m.allreduce_us_per_byte, models[0].allreduce_us_per_byte);
+  }
 }
 
 }  // namespace

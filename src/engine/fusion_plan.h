@@ -61,6 +61,9 @@ struct TensorProfile {
   double compress_us = 0;    // compressing it alone
   double payload_bytes = 0;  // its compressed size
   double decompress_us = 0;  // decoding one rank's payload of it
+  // Its own exchange's time inside collectives while it was profiled alone (fastest rank: the
+  // others also waited for the slowest to arrive). Calibrates the link's latency.
+  double comm_us = 0;
 };
 
 struct PlanRequest {

@@ -209,21 +209,23 @@ Status Synchronizer::replan_from_profile() {
   const size_t count = tensors_.size();
   // Medians over the profiled steps, then maxima over ranks (the slowest rank sets the pace and
   // every rank must compute the same plan from the same numbers).
-  constexpr int kFields = 4;
+  constexpr int kFields = 5;
   std::vector<double> local(count * kFields);
   for (size_t t = 0; t < count; ++t) {
-    std::vector<double> ready, compress, payload, decompress;
+    std::vector<double> ready, compress, payload, decompress, comm;
     for (size_t k = static_cast<size_t>(options_.profile_warmup_steps); k < profile_.size(); ++k) {
       const auto& step = profile_[k];
       ready.push_back(step[t].ready_us);
       compress.push_back(step[t].compress_us);
       payload.push_back(step[t].payload_bytes);
       decompress.push_back(step[t].decompress_us);
+      comm.push_back(step[t].comm_us);
     }
     local[t * kFields + 0] = median(ready);
     local[t * kFields + 1] = median(compress);
     local[t * kFields + 2] = median(payload);
     local[t * kFields + 3] = median(decompress);
+    local[t * kFields + 4] = -median(comm);  // the maximum of the negation: the fastest rank
   }
   FRUGAL_RETURN_IF_ERROR(
       comm_
@@ -246,7 +248,9 @@ Status Synchronizer::replan_from_profile() {
     p.compress_us = local[t * kFields + 1];
     p.payload_bytes = local[t * kFields + 2];
     p.decompress_us = local[t * kFields + 3];
+    p.comm_us = -local[t * kFields + 4];
   }
+  calibrate_latency(request);
   request.compressed = compressed_;
   if (options_.compressor != nullptr && options_.dense_below_bytes < 0) {
     if (options_.fusion == FusionKind::kSafusion) {
@@ -263,6 +267,24 @@ Status Synchronizer::replan_from_profile() {
   FRUGAL_RETURN_IF_ERROR(install(std::move(plan.buckets)));
   log_plan(request);
   return Status::ok();
+}
+
+void Synchronizer::calibrate_latency(PlanRequest& request) {
+  // A quiet probe between steps underestimates what a collective costs while every rank also
+  // computes (on an oversubscribed host, by several times). The profiled steps exchanged each
+  // tensor alone: those with small payloads cost about one latency per collective.
+  constexpr double kSmallBytes = 64 * 1024;
+  const int collectives = request.size_exchange ? 2 : 1;
+  std::vector<double> observed;
+  for (size_t t = 0; t < request.tensors.size(); ++t) {
+    const TensorProfile& p = request.tensors[t];
+    const double bytes = compressed_[t] ? p.payload_bytes : static_cast<double>(p.bytes);
+    if (bytes < kSmallBytes && p.comm_us > 0) observed.push_back(p.comm_us / collectives);
+  }
+  if (!observed.empty()) {
+    link_.latency_us = std::max(link_.latency_us, median(observed));
+    request.link = link_;
+  }
 }
 
 void Synchronizer::log_plan(const PlanRequest& request) const {
@@ -533,8 +555,9 @@ void Synchronizer::communication_loop() {
       stats_.dense_bytes += static_cast<int64_t>(bucket.bytes);
       if (profiling() && bucket.tensors.size() == 1) {
         // One tensor per bucket while profiling: its decoding time per rank's payload.
-        profile_.back()[static_cast<size_t>(bucket.tensors.front().id)].decompress_us =
-            static_cast<double>(counters.decompress_us) / comm_.size();
+        TensorProfile& p = profile_.back()[static_cast<size_t>(bucket.tensors.front().id)];
+        p.decompress_us = static_cast<double>(counters.decompress_us) / comm_.size();
+        p.comm_us = static_cast<double>(counters.comm_us);
       }
     } else if (step_error_.is_ok()) {
       step_error_ = status;

@@ -192,6 +192,7 @@ class Synchronizer {
   Result<TensorId> unit_for(const std::string& name, const Shape& shape);
   Status replan_from_profile();
   void log_plan(const PlanRequest& request) const;
+  void calibrate_latency(PlanRequest& request);
   void communication_loop();
   void compression_loop();
   Status run_compression(CompressJob job, int64_t& missing);
