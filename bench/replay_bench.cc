@@ -17,6 +17,7 @@
 #include "compress/registry.h"
 #include "core/clock.h"
 #include "core/timeline.h"
+#include "engine/gathered_trace.h"
 #include "engine/synchronizer.h"
 
 extern char** environ;
@@ -189,29 +190,6 @@ struct StatSums {
   }
 };
 
-// Gathers every rank's timeline to rank 0, which writes one Chrome trace (as frugal train does).
-Status write_trace(Communicator& comm, const Timeline& timeline, const std::string& path) {
-  const std::string mine = timeline.to_json();
-  std::vector<uint64_t> sizes(static_cast<size_t>(comm.size()));
-  const uint64_t my_size = mine.size();
-  FRUGAL_RETURN_IF_ERROR(
-      comm.allgather(std::as_bytes(std::span<const uint64_t>(&my_size, 1)), bytes_of(sizes)));
-  std::vector<size_t> counts(sizes.begin(), sizes.end());
-  size_t total = 0;
-  for (size_t c : counts) total += c;
-  std::string all(total, '\0');
-  FRUGAL_RETURN_IF_ERROR(comm.allgatherv(std::as_bytes(std::span(mine)), counts,
-                                         std::as_writable_bytes(std::span(all))));
-  if (comm.rank() != 0) return Status::ok();
-  std::vector<std::string> arrays;
-  size_t offset = 0;
-  for (size_t c : counts) {
-    arrays.push_back(all.substr(offset, c));
-    offset += c;
-  }
-  return write_chrome_trace(path, arrays).with_context("writing the trace " + path);
-}
-
 int warmup_steps(const ReplayBenchOptions& options) {
   if (options.warmup >= 0) return options.warmup;
   return SynchronizerOptions{}.profile_warmup_steps + options.profile_steps + 2;
@@ -259,8 +237,8 @@ Result<ReplayRow> run_strategy(Communicator& comm, Gradients& grads, const Strat
                                  sync->link_model().allgather_us_per_byte};
   FRUGAL_RETURN_IF_ERROR(max_over_ranks(comm, reduced));
   if (timeline.enabled()) {
-    FRUGAL_RETURN_IF_ERROR(
-        write_trace(comm, timeline, trace_path(options.trace_prefix, model, strategy.name)));
+    FRUGAL_RETURN_IF_ERROR(write_gathered_trace(
+        comm, timeline, trace_path(options.trace_prefix, model, strategy.name)));
   }
 
   ReplayRow row;

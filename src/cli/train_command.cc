@@ -13,6 +13,7 @@
 #include "core/clock.h"
 #include "core/timeline.h"
 #include "engine/fusion_plan.h"
+#include "engine/gathered_trace.h"
 #include "torch/models.h"
 #include "torch/optimizer.h"
 #include "torch/trainer.h"
@@ -80,29 +81,6 @@ nlohmann::json config_json(const TrainFlags& f, const TrainerOptions& o, int wor
           {"check_replicas", o.check_replicas_every}};
 }
 
-// Gathers every rank's timeline to rank 0, which writes the Chrome trace.
-Status write_trace(Communicator& comm, const Timeline& timeline, const std::string& path) {
-  const std::string mine = timeline.to_json();
-  std::vector<uint64_t> sizes(static_cast<size_t>(comm.size()));
-  const uint64_t my_size = mine.size();
-  FRUGAL_RETURN_IF_ERROR(
-      comm.allgather(std::as_bytes(std::span<const uint64_t>(&my_size, 1)), bytes_of(sizes)));
-  std::vector<size_t> counts(sizes.begin(), sizes.end());
-  size_t total = 0;
-  for (size_t c : counts) total += c;
-  std::string all(total, '\0');
-  FRUGAL_RETURN_IF_ERROR(comm.allgatherv(std::as_bytes(std::span(mine)), counts,
-                                         std::as_writable_bytes(std::span(all))));
-  if (comm.rank() != 0) return Status::ok();
-  std::vector<std::string> arrays;
-  size_t offset = 0;
-  for (size_t c : counts) {
-    arrays.push_back(all.substr(offset, c));
-    offset += c;
-  }
-  return write_chrome_trace(path, arrays);
-}
-
 // One rank's whole job. Rank 0 reports.
 Status train_one_rank(Communicator& comm, const TrainFlags& flags, int64_t start_us) {
   TrainerOptions options = flags.trainer;
@@ -141,7 +119,7 @@ Status train_one_rank(Communicator& comm, const TrainFlags& flags, int64_t start
   if (failed != 0) return aborted("rank 0 could not open its output files");
   FRUGAL_ASSIGN_OR_RETURN(TrainSummary summary, trainer->run(reporter.get()));
   if (!flags.trace_path.empty()) {
-    FRUGAL_RETURN_IF_ERROR(write_trace(comm, timeline, flags.trace_path));
+    FRUGAL_RETURN_IF_ERROR(write_gathered_trace(comm, timeline, flags.trace_path));
   }
   if (reporter != nullptr) {
     FRUGAL_RETURN_IF_ERROR(

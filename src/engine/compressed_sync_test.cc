@@ -10,7 +10,7 @@
 #include <thread>
 #include <vector>
 
-#include "comm/factory.h"
+#include "comm/testing/rank_runner.h"
 #include "compress/registry.h"
 #include "compress/testing/serial_exchange.h"
 #include "engine/link_probe.h"
@@ -19,17 +19,9 @@
 namespace frugal {
 namespace {
 
+// Thread-ranks of a local group (the shared test runner).
 void run_ranks(int world_size, const std::function<void(Communicator&)>& body) {
-  auto group = make_local_group(world_size, 20000);
-  ASSERT_TRUE(group.is_ok()) << group.status().to_string();
-  std::vector<std::thread> threads;
-  for (auto& comm : group.value()) {
-    threads.emplace_back([&body, owned = std::move(comm)]() mutable {
-      body(*owned);
-      owned.reset();
-    });
-  }
-  for (auto& thread : threads) thread.join();
+  testing::run_in_process_ranks("local", world_size, 20000, body);
 }
 
 // Deterministic gradient values with a per-tensor scale (so tensors differ in magnitude, as
