@@ -58,6 +58,25 @@ std::vector<std::vector<float>> grads_of(const Model& model, int rank, int64_t s
   return grads;
 }
 
+// Registers the model's tensors as t0, t1, ... (backward order).
+void register_model(Synchronizer& sync, const Model& model) {
+  for (size_t t = 0; t < model.shapes.size(); ++t) {
+    ASSERT_TRUE(sync.register_tensor("t" + std::to_string(t), model.shapes[t]).is_ok());
+  }
+}
+
+// One step: every gradient handed over in id order, then finish_step.
+void sync_step(Synchronizer& sync, const Model& model, std::vector<std::vector<float>>& grads) {
+  ASSERT_TRUE(sync.begin_step().is_ok());
+  for (size_t t = 0; t < grads.size(); ++t) {
+    ASSERT_TRUE(
+        sync.grad_ready(static_cast<TensorId>(t), {grads[t].data(), DType::kF32, model.shapes[t]})
+            .is_ok());
+  }
+  Status finished = sync.finish_step();
+  ASSERT_TRUE(finished.is_ok()) << finished.to_string();
+}
+
 std::unique_ptr<Compressor> make(const std::string& spec, int world) {
   CompressorContext context;
   context.world_size = world;
@@ -246,17 +265,9 @@ TEST(CompressedSync, TensorMissingIsCountedForFusedAndZeroPerTensor) {
       options.first_bucket_bytes = spec.bytes;
       options.compressor = compressor.get();
       Synchronizer sync(comm, options);
-      for (size_t t = 0; t < model.shapes.size(); ++t) {
-        ASSERT_TRUE(sync.register_tensor("t" + std::to_string(t), model.shapes[t]).is_ok());
-      }
+      register_model(sync, model);
       auto grads = grads_of(model, comm.rank(), 0);
-      ASSERT_TRUE(sync.begin_step().is_ok());
-      for (size_t t = 0; t < grads.size(); ++t) {
-        ASSERT_TRUE(sync.grad_ready(static_cast<TensorId>(t),
-                                    {grads[t].data(), DType::kF32, model.shapes[t]})
-                        .is_ok());
-      }
-      ASSERT_TRUE(sync.finish_step().is_ok());
+      sync_step(sync, model, grads);
       const StepStats& stats = sync.last_step_stats();
       EXPECT_EQ(stats.tensors_compressed, static_cast<int>(model.shapes.size()));
       if (spec.kind == FusionKind::kNone) {
@@ -282,17 +293,9 @@ TEST(CompressedSync, DenseBelowCutOffIsExactAndWireBytesAddUp) {
     options.compressor = compressor.get();
     options.dense_below_bytes = 1000;  // the 1-D tensors (24, 30, 5 floats) go dense
     Synchronizer sync(comm, options);
-    for (size_t t = 0; t < model.shapes.size(); ++t) {
-      ASSERT_TRUE(sync.register_tensor("t" + std::to_string(t), model.shapes[t]).is_ok());
-    }
+    register_model(sync, model);
     auto grads = grads_of(model, comm.rank(), 0);
-    ASSERT_TRUE(sync.begin_step().is_ok());
-    for (size_t t = 0; t < grads.size(); ++t) {
-      ASSERT_TRUE(
-          sync.grad_ready(static_cast<TensorId>(t), {grads[t].data(), DType::kF32, model.shapes[t]})
-              .is_ok());
-    }
-    ASSERT_TRUE(sync.finish_step().is_ok());
+    sync_step(sync, model, grads);
     int64_t dense_bytes = 0, wire = 0;
     for (size_t t = 0; t < model.shapes.size(); ++t) {
       const int64_t bytes = shape_numel(model.shapes[t]) * 4;
