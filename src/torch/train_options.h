@@ -50,7 +50,7 @@ struct TrainerOptions {
   // bound for benchmarks, never a sensible default).
   bool sync = true;
   // A compressor spec of the registry (compress/registry.h), e.g. "adtopk:density=0.01";
-  // empty or "none": dense allreduce.
+  // empty or "none": dense allreduce. Ignored with one worker (nothing is sent).
   std::string compress;
   FusionKind fusion = FusionKind::kBytes;  // the planner (engine/fusion_plan.h)
   // kBytes: fusion threshold; 0 = one bucket per tensor (WFBP).

@@ -196,7 +196,8 @@ Status Trainer::Impl::init() {
   steps_per_epoch = (per_rank + options.batch_size - 1) / options.batch_size;
   total_steps = options.steps > 0 ? options.steps : options.epochs * steps_per_epoch;
 
-  if (!options.compress.empty() && options.compress != "none") {
+  // One worker sends nothing, so compressing would only lose information.
+  if (!options.compress.empty() && options.compress != "none" && comm.size() > 1) {
     CompressorContext context;
     context.world_size = comm.size();
     context.seed = options.seed;
