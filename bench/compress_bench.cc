@@ -13,9 +13,11 @@
 #include <optional>
 
 #include "bench/model_shapes.h"
+#include "bench/normal_data.h"
 #include "bench/torch_baseline.h"
 #include "compress/registry.h"
 #include "compress/spec.h"
+#include "core/stats.h"
 #include "core/thread_pool.h"
 
 namespace frugal::bench {
@@ -40,25 +42,9 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) float sum_floats(co
   return sum;
 }
 
-// Standard normal values from splitmix64 + Box-Muller: gradients are roughly Gaussian, which
-// matters to the threshold estimators (gaussiank, sidco), and a continuous distribution keeps
-// top-k free of ties.
 std::vector<float> normal_data(int64_t n, uint64_t seed) {
   std::vector<float> data(static_cast<size_t>(n));
-  uint64_t state = seed;
-  auto next = [&state] {
-    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  };
-  for (int64_t i = 0; i < n; i += 2) {
-    double u1 = (static_cast<double>(next() >> 11) + 1.0) * 0x1.0p-53;  // (0, 1]
-    double u2 = static_cast<double>(next() >> 11) * 0x1.0p-53;
-    double r = std::sqrt(-2.0 * std::log(u1));
-    data[i] = static_cast<float>(r * std::cos(2 * M_PI * u2));
-    if (i + 1 < n) data[i + 1] = static_cast<float>(r * std::sin(2 * M_PI * u2));
-  }
+  fill_normal(data, seed);
   return data;
 }
 
@@ -82,12 +68,6 @@ struct Timing {
   double seconds = 0;  // median of the samples, per operation
   int64_t batch = 1;   // operations per sample
 };
-
-double median(std::vector<double> samples) {
-  std::sort(samples.begin(), samples.end());
-  size_t mid = samples.size() / 2;
-  return samples.size() % 2 ? samples[mid] : (samples[mid - 1] + samples[mid]) / 2;
-}
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();

@@ -14,8 +14,10 @@
 #include <thread>
 
 #include "bench/model_shapes.h"
+#include "bench/normal_data.h"
 #include "compress/registry.h"
 #include "core/clock.h"
+#include "core/stats.h"
 #include "core/timeline.h"
 #include "engine/gathered_trace.h"
 #include "engine/synchronizer.h"
@@ -27,25 +29,6 @@ namespace {
 
 constexpr double kMiB = 1024.0 * 1024.0;
 constexpr char kDense[] = "dense";
-
-// Standard normal values from splitmix64 + Box-Muller (as compress_bench's data): gradients are
-// roughly Gaussian, which is what the threshold estimators (DGC's sample) are built for.
-void fill_normal(std::vector<float>& data, uint64_t seed) {
-  uint64_t state = seed;
-  auto next = [&state] {
-    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  };
-  for (size_t i = 0; i < data.size(); i += 2) {
-    const double u1 = (static_cast<double>(next() >> 11) + 1.0) * 0x1.0p-53;  // (0, 1]
-    const double u2 = static_cast<double>(next() >> 11) * 0x1.0p-53;
-    const double r = std::sqrt(-2.0 * std::log(u1));
-    data[i] = static_cast<float>(r * std::cos(2 * M_PI * u2));
-    if (i + 1 < data.size()) data[i + 1] = static_cast<float>(r * std::sin(2 * M_PI * u2));
-  }
-}
 
 // One rank's gradients: every tensor in one allocation, plus a pristine copy restored before
 // each step, because the Synchronizer overwrites gradients with the average (and the compressors
@@ -99,11 +82,6 @@ Result<Strategy> parse_strategy(const std::string& text) {
     return invalid_argument(spec.status().message() + "; or dense (no compressor, bytes:25)");
   }
   return Strategy{text, *spec, true};
-}
-
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return values.empty() ? 0.0 : values[values.size() / 2];
 }
 
 Status max_over_ranks(Communicator& comm, std::vector<double>& values) {
@@ -172,24 +150,6 @@ Result<double> measure_dense_comm_us(Communicator& comm, Gradients& grads, int s
   return result[0];
 }
 
-// Sums of the StepStats fields the report averages, in the order of the reduced vector.
-struct StatSums {
-  double bytes_sent = 0, dense_wire_bytes = 0, compress_us = 0, decompress_us = 0, comm_us = 0,
-         wait_us = 0, num_buckets = 0, tensors_compressed = 0, tensors_missing = 0;
-
-  void add(const StepStats& s) {
-    bytes_sent += static_cast<double>(s.bytes_sent);
-    dense_wire_bytes += static_cast<double>(s.dense_wire_bytes);
-    compress_us += static_cast<double>(s.compress_us);
-    decompress_us += static_cast<double>(s.decompress_us);
-    comm_us += static_cast<double>(s.comm_us);
-    wait_us += static_cast<double>(s.wait_us);
-    num_buckets += s.num_buckets;
-    tensors_compressed += s.tensors_compressed;
-    tensors_missing += s.tensors_missing;
-  }
-};
-
 int warmup_steps(const ReplayBenchOptions& options) {
   if (options.warmup >= 0) return options.warmup;
   return SynchronizerOptions{}.profile_warmup_steps + options.profile_steps + 2;
@@ -210,7 +170,7 @@ Result<ReplayRow> run_strategy(Communicator& comm, Gradients& grads, const Strat
                                                        grads, options.profile_steps));
   const int warmup = warmup_steps(options);
   std::vector<double> times;
-  StatSums sums;
+  StepStatsSum sums;
   for (int s = 0; s < warmup + options.steps; ++s) {
     auto us = run_step(comm, *sync, grads, backward_us, &timeline);
     if (!us.is_ok()) {

@@ -224,13 +224,12 @@ Status CompressedExchange::two_phase(std::span<const CompressedUnit> units, cons
   const size_t own_total = std::accumulate(per_rank.begin(), per_rank.end(), size_t{0});
   ensure(send_, own_total);
   size_t at = 0;
+  std::vector<size_t> read(u_count, 0);  // unit i's chunks before c, as c advances
   for (int c = 0; c < n; ++c) {
     for (size_t i = 0; i < u_count; ++i) {
-      size_t offset = 0;
-      for (int k = 0; k < c; ++k)
-        offset += chunk_bytes[i * static_cast<size_t>(n) + static_cast<size_t>(k)];
       const size_t bytes = chunk_bytes[i * static_cast<size_t>(n) + static_cast<size_t>(c)];
-      std::memcpy(send_.data() + at, units[i].payload.data() + offset, bytes);
+      std::memcpy(send_.data() + at, units[i].payload.data() + read[i], bytes);
+      read[i] += bytes;
       at += bytes;
     }
   }

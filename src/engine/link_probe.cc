@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <array>
 #include <cstddef>
+#include <utility>
 #include <vector>
 
 #include "core/clock.h"
+#include "core/stats.h"
 
 namespace frugal {
 namespace {
@@ -22,8 +24,7 @@ Result<double> median_us(Collective&& collective) {
     FRUGAL_RETURN_IF_ERROR(collective());
     times.push_back(static_cast<double>(now_us() - start));
   }
-  std::nth_element(times.begin(), times.begin() + kRepeats / 2, times.end());
-  return times[kRepeats / 2];
+  return median(std::move(times));
 }
 
 // Least-squares line time = latency + bytes * per_byte through the points, with the slope kept

@@ -7,6 +7,7 @@
 
 #include "core/clock.h"
 #include "core/logging.h"
+#include "core/stats.h"
 #include "engine/link_probe.h"
 
 namespace frugal {
@@ -30,12 +31,21 @@ void divide(float* data, size_t count, float divisor) {
   for (size_t i = 0; i < count; ++i) data[i] /= divisor;
 }
 
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return values.empty() ? 0.0 : values[values.size() / 2];
-}
-
 }  // namespace
+
+void StepStatsSum::add(const StepStats& s) {
+  bytes_sent += static_cast<double>(s.bytes_sent);
+  bytes_received += static_cast<double>(s.bytes_received);
+  dense_bytes += static_cast<double>(s.dense_bytes);
+  dense_wire_bytes += static_cast<double>(s.dense_wire_bytes);
+  compress_us += static_cast<double>(s.compress_us);
+  decompress_us += static_cast<double>(s.decompress_us);
+  comm_us += static_cast<double>(s.comm_us);
+  wait_us += static_cast<double>(s.wait_us);
+  num_buckets += s.num_buckets;
+  tensors_compressed += s.tensors_compressed;
+  tensors_missing += s.tensors_missing;
+}
 
 Synchronizer::Synchronizer(Communicator& comm, SynchronizerOptions options)
     : comm_(comm), options_(options) {
@@ -149,7 +159,7 @@ Status Synchronizer::install(std::vector<Bucket> buckets) {
     state.dense_bytes = offset;
     state.dense_in_place = dense_slots == 1 && !bucket.compress_fused;
     size_t payload_capacity = 0;
-    std::vector<int64_t> unused;
+    std::vector<const Tensor*> fused;  // compress_fused: its compressed tensors, in slot order
     for (size_t s = 0; s < bucket.tensors.size(); ++s) {
       TensorSlot& slot = bucket.tensors[s];
       Tensor& tensor = tensors_[static_cast<size_t>(slot.id)];
@@ -160,6 +170,11 @@ Status Synchronizer::install(std::vector<Bucket> buckets) {
       if (bucket.compress_fused) {
         slot.offset_bytes = offset;
         offset += slot.bytes;
+        fused.push_back(&tensor);
+        // Where the tensor lies in the fused region, for the tensor-missing count.
+        const int64_t first = static_cast<int64_t>((slot.offset_bytes - state.dense_bytes) / 4);
+        state.fused_begin.push_back(first);
+        state.fused_end.push_back(first + static_cast<int64_t>(slot.bytes / 4));
         continue;
       }
       FRUGAL_ASSIGN_OR_RETURN(tensor.unit, unit_for(tensor.name, tensor.shape));
@@ -171,27 +186,13 @@ Status Synchronizer::install(std::vector<Bucket> buckets) {
       const size_t fused_bytes = offset - state.dense_bytes;
       // One slot alone keeps its own name and shape (and so its compressor state); a fused
       // buffer is a flat tensor named after the range it covers.
-      const TensorSlot* only = nullptr;
-      int compressed_slots = 0;
-      for (const TensorSlot& slot : bucket.tensors) {
-        if (slot.compressed) {
-          only = &slot;
-          ++compressed_slots;
-        }
-      }
-      if (compressed_slots == 1) {
-        const Tensor& tensor = tensors_[static_cast<size_t>(only->id)];
-        FRUGAL_ASSIGN_OR_RETURN(state.fused_unit, unit_for(tensor.name, tensor.shape));
+      if (fused.size() == 1) {
+        FRUGAL_ASSIGN_OR_RETURN(state.fused_unit, unit_for(fused[0]->name, fused[0]->shape));
       } else {
-        std::string first, last;
-        for (const TensorSlot& slot : bucket.tensors) {
-          if (!slot.compressed) continue;
-          if (first.empty()) first = tensors_[static_cast<size_t>(slot.id)].name;
-          last = tensors_[static_cast<size_t>(slot.id)].name;
-        }
-        FRUGAL_ASSIGN_OR_RETURN(state.fused_unit,
-                                unit_for("fused[" + first + ".." + last + "]",
-                                         Shape{static_cast<int64_t>(fused_bytes / sizeof(float))}));
+        FRUGAL_ASSIGN_OR_RETURN(
+            state.fused_unit,
+            unit_for("fused[" + fused.front()->name + ".." + fused.back()->name + "]",
+                     Shape{static_cast<int64_t>(fused_bytes / sizeof(float))}));
       }
       payload_capacity = options_.compressor->max_compressed_bytes(state.fused_unit);
     }
@@ -328,10 +329,7 @@ Status Synchronizer::begin_step() {
     sticky_error_ = planned;
     return planned;
   }
-  if (profiling()) {
-    profile_.emplace_back(tensors_.size());
-    for (size_t t = 0; t < tensors_.size(); ++t) profile_.back()[t].bytes = tensors_[t].bytes;
-  }
+  if (profiling()) profile_.emplace_back(tensors_.size());
   for (size_t b = 0; b < buckets_.size(); ++b) {
     // One part per tensor (its copy, or its compression), plus the fused compression.
     bucket_states_[b].pending =
@@ -484,11 +482,12 @@ Status Synchronizer::run_compression(CompressJob job, int64_t& missing) {
             MutableBytes(state.payloads.data() + tensor.payload_offset, tensor.payload_capacity),
             step_info()));
     state.payload_sizes[static_cast<size_t>(tensor.slot)] = size;
+    const int64_t begin[] = {0};
+    const int64_t end[] = {grad.numel()};
     FRUGAL_ASSIGN_OR_RETURN(
         const int empty,
         count_missing_tensors(ConstBytes(state.payloads.data() + tensor.payload_offset, size),
-                              compressor.sparse_value_dtype(), grad.numel(),
-                              std::vector<int64_t>{0}, std::vector<int64_t>{grad.numel()}));
+                              compressor.sparse_value_dtype(), grad.numel(), begin, end));
     missing = empty;
     return Status::ok();
   }
@@ -504,17 +503,10 @@ Status Synchronizer::run_compression(CompressJob job, int64_t& missing) {
   FRUGAL_ASSIGN_OR_RETURN(const size_t size,
                           compressor.compress(state.fused_unit, view, state.payloads, step_info()));
   state.payload_sizes[0] = size;
-  std::vector<int64_t> begin, end;
-  for (const TensorSlot& slot : bucket.tensors) {
-    if (!slot.compressed) continue;
-    const int64_t first = static_cast<int64_t>((slot.offset_bytes - state.dense_bytes) / 4);
-    begin.push_back(first);
-    end.push_back(first + static_cast<int64_t>(slot.bytes / 4));
-  }
-  FRUGAL_ASSIGN_OR_RETURN(
-      const int empty,
-      count_missing_tensors(ConstBytes(state.payloads.data(), size),
-                            compressor.sparse_value_dtype(), fused_numel, begin, end));
+  FRUGAL_ASSIGN_OR_RETURN(const int empty,
+                          count_missing_tensors(ConstBytes(state.payloads.data(), size),
+                                                compressor.sparse_value_dtype(), fused_numel,
+                                                state.fused_begin, state.fused_end));
   missing = empty;
   return Status::ok();
 }

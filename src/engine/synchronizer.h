@@ -112,6 +112,16 @@ struct StepStats {
   int64_t residual_bytes = 0;  // the compressor's error-feedback memory (CompressorStats)
 };
 
+// Running sums of StepStats over steps, for per-step means in reports (doubles: a long run's
+// byte totals would overflow nothing, and means come out directly).
+struct StepStatsSum {
+  double bytes_sent = 0, bytes_received = 0, dense_bytes = 0, dense_wire_bytes = 0;
+  double compress_us = 0, decompress_us = 0, comm_us = 0, wait_us = 0;
+  double num_buckets = 0, tensors_compressed = 0, tensors_missing = 0;
+
+  void add(const StepStats& s);
+};
+
 class Synchronizer {
  public:
   // `comm` (and options.compressor, options.timeline) must outlive this object.
@@ -180,9 +190,11 @@ class Synchronizer {
     std::vector<std::byte> payloads;    // compressed payloads, each at its capacity offset
     std::vector<size_t> payload_sizes;  // this step's size per compressed slot (by slot index)
     TensorId fused_unit = -1;           // compress_fused: the compressor id of the buffer
-    int pending = 0;                    // copies and compressions not yet done this step
-    bool ready = false;                 // may be launched
-    int64_t ready_us = 0;               // when it became ready (start of its QUEUE event)
+    // compress_fused: [begin, end) of each compressed tensor in the fused region, in elements.
+    std::vector<int64_t> fused_begin, fused_end;
+    int pending = 0;       // copies and compressions not yet done this step
+    bool ready = false;    // may be launched
+    int64_t ready_us = 0;  // when it became ready (start of its QUEUE event)
   };
   // A compression job: a tensor (>= 0) or a fused bucket (-1 - bucket index).
   using CompressJob = int;

@@ -131,9 +131,7 @@ struct Trainer::Impl {
   int64_t samples = 0, timed_samples = 0;
   double epoch_loss_sum = 0;
   int64_t epoch_batches = 0;
-  double bytes_sent = 0, bytes_received = 0, dense_bytes = 0, dense_wire_bytes = 0;
-  double comm_us = 0, wait_us = 0, compress_us = 0, decompress_us = 0;
-  int64_t tensors_compressed = 0, tensors_missing = 0;
+  StepStatsSum sync_sums;
 };
 
 namespace {
@@ -321,16 +319,7 @@ Status Trainer::Impl::step(StepReport* report) {
   epoch_loss_sum += loss_value;
   ++epoch_batches;
   const StepStats stats = options.sync ? sync->last_step_stats() : StepStats{};
-  bytes_sent += static_cast<double>(stats.bytes_sent);
-  bytes_received += static_cast<double>(stats.bytes_received);
-  dense_bytes += static_cast<double>(stats.dense_bytes);
-  dense_wire_bytes += static_cast<double>(stats.dense_wire_bytes);
-  comm_us += static_cast<double>(stats.comm_us);
-  wait_us += static_cast<double>(stats.wait_us);
-  compress_us += static_cast<double>(stats.compress_us);
-  decompress_us += static_cast<double>(stats.decompress_us);
-  tensors_compressed += stats.tensors_compressed;
-  tensors_missing += stats.tensors_missing;
+  sync_sums.add(stats);
   ++step_count;
 
   if (report != nullptr) {
@@ -461,18 +450,17 @@ Result<TrainSummary> Trainer::run(TrainObserver* observer) {
   summary.train_seconds = m.train_seconds;
   summary.samples_per_s =
       m.timed_seconds > 0 ? static_cast<double>(m.timed_samples) / m.timed_seconds : 0.0;
-  summary.bytes_sent_per_step = m.bytes_sent / steps;
-  summary.bytes_received_per_step = m.bytes_received / steps;
-  summary.dense_bytes_per_step = m.dense_bytes / steps;
-  summary.dense_wire_bytes_per_step = m.dense_wire_bytes / steps;
-  summary.comm_ms_per_step = m.comm_us / steps * 1e-3;
-  summary.wait_ms_per_step = m.wait_us / steps * 1e-3;
-  summary.compress_ms_per_step = m.compress_us / steps * 1e-3;
-  summary.decompress_ms_per_step = m.decompress_us / steps * 1e-3;
+  const StepStatsSum& sums = m.sync_sums;
+  summary.bytes_sent_per_step = sums.bytes_sent / steps;
+  summary.bytes_received_per_step = sums.bytes_received / steps;
+  summary.dense_bytes_per_step = sums.dense_bytes / steps;
+  summary.dense_wire_bytes_per_step = sums.dense_wire_bytes / steps;
+  summary.comm_ms_per_step = sums.comm_us / steps * 1e-3;
+  summary.wait_ms_per_step = sums.wait_us / steps * 1e-3;
+  summary.compress_ms_per_step = sums.compress_us / steps * 1e-3;
+  summary.decompress_ms_per_step = sums.decompress_us / steps * 1e-3;
   summary.tensor_missing_rate =
-      m.tensors_compressed > 0
-          ? static_cast<double>(m.tensors_missing) / static_cast<double>(m.tensors_compressed)
-          : 0.0;
+      sums.tensors_compressed > 0 ? sums.tensors_missing / sums.tensors_compressed : 0.0;
   summary.residual_bytes = m.compressor ? m.compressor->stats().residual_bytes : 0;
   summary.num_buckets = static_cast<int>(m.sync->buckets().size());
   summary.compressor = m.compressor ? m.compressor->spec() : "none";
