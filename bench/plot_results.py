@@ -7,14 +7,18 @@ Subcommands:
       configuration at every rate, grouped bars, median over repeats) and DIR/loss_vs_time.svg
       (rank 0's training loss against training time, one panel per rate, from each Frugal run's
       --metrics JSON lines; the DDP baseline writes none). DIR defaults to RESULTS.json's folder.
+  ckpt --json FILE --out FILE.svg
+      The JSON of `frugal bench ckpt`: training stall per save (p50, p99) of the sync and async
+      modes, and the throughputs of the disk baseline, the persists and the restores.
   bars --json FILE --x KEY --y KEY [--group KEY] --out FILE.svg [--where KEY=VALUE]...
       A grouped bar chart of any benchmark's records: FILE is a JSON array of objects, JSON lines,
       or an object holding such an array (--records KEY names it; else the first list of objects).
       KEYs may be dotted paths ("summary.samples_per_s"). Records with the same x and group are
       reduced to their median.
 
-As a module: grouped_bars() draws (labels, series) into an SVG; load_records() and
-bars_from_records() turn benchmark JSON into those; plot_cluster_results() does `cluster`.
+As a module: grouped_bars() draws (labels, series) into an SVG (draw_grouped_bars() onto an
+axes); load_records() and bars_from_records() turn benchmark JSON into those;
+plot_cluster_results() does `cluster`, plot_ckpt_results() does `ckpt`.
 """
 
 import argparse
@@ -42,23 +46,25 @@ def _save(fig, out_path):
     print(f"written: {out_path}")
 
 
-def grouped_bars(out_path, labels, series, *, title="", xlabel="", ylabel="", log_y=False,
-                 value_format="{:.3g}", note=""):
-    """Draws one group of bars per label, one bar per series, into the SVG file out_path.
-
-    labels: the categories along x. series: {series name: [value per label]} (dict order is
-    the bar order); a value of None leaves its bar out. Each bar carries its value on top;
-    note, if any, is printed under the chart.
-    """
+def _check_bars(labels, series):
     if not labels or not series:
         raise ValueError("grouped_bars: nothing to draw (no labels or no series)")
     for name, values in series.items():
         if len(values) != len(labels):
             raise ValueError(f"grouped_bars: series {name!r} has {len(values)} values for "
                              f"{len(labels)} labels")
+
+
+def draw_grouped_bars(ax, labels, series, *, title="", xlabel="", ylabel="", log_y=False,
+                      value_format="{:.3g}"):
+    """Draws one group of bars per label, one bar per series, on the matplotlib axes ax.
+
+    labels: the categories along x. series: {series name: [value per label]} (dict order is
+    the bar order); a value of None leaves its bar out. Each bar carries its value on top.
+    """
+    _check_bars(labels, series)
     n = len(series)
     width = 0.8 / n
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + len(labels) * (0.5 + 0.45 * n)), 4.5))
     for i, (name, values) in enumerate(series.items()):
         xs = [j + (i - (n - 1) / 2) * width for j in range(len(labels))]
         present = [(x, v) for x, v in zip(xs, values) if v is not None and math.isfinite(v)]
@@ -71,12 +77,24 @@ def grouped_bars(out_path, labels, series, *, title="", xlabel="", ylabel="", lo
     if log_y:
         ax.set_yscale("log")
     ax.set_title(title)
-    ax.set_xlabel(xlabel + ("\n" + textwrap.fill(note, 90) if note else ""))
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     if n > 1 or next(iter(series)) != "":
         ax.legend(fontsize=8)
+
+
+def grouped_bars(out_path, labels, series, *, title="", xlabel="", ylabel="", log_y=False,
+                 value_format="{:.3g}", note=""):
+    """draw_grouped_bars into the SVG file out_path, sized to the bars; note, if any, is printed
+    under the chart."""
+    _check_bars(labels, series)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + len(labels) * (0.5 + 0.45 * len(series))),
+                                    4.5))
+    draw_grouped_bars(ax, labels, series, title=title,
+                      xlabel=xlabel + ("\n" + textwrap.fill(note, 90) if note else ""),
+                      ylabel=ylabel, log_y=log_y, value_format=value_format)
     _save(fig, out_path)
 
 
@@ -231,6 +249,41 @@ def plot_cluster_results(results_path, out_dir=None):
     _save(fig, os.path.join(out_dir, "loss_vs_time.svg"))
 
 
+def plot_ckpt_results(json_path, out_path):
+    """The `frugal bench ckpt --json` file as one SVG: the training stall per save (p50, p99) of
+    each checkpointing mode, and the throughputs (disk write + fsync, persist, restore)."""
+    with open(json_path) as f:
+        result = json.load(f)
+    run = result["run"]
+    modes = [m for m in result["modes"] if m["mode"] != "none"]
+    fig, (stall_ax, rate_ax) = plt.subplots(1, 2, figsize=(13, 5),
+                                            gridspec_kw={"width_ratios": [1, 2]})
+    draw_grouped_bars(stall_ax, [m["mode"] for m in modes],
+                      {"p50": [m["stall_p50_ms"] for m in modes],
+                       "p99": [m["stall_p99_ms"] for m in modes]},
+                      title="training stall per save", ylabel="ms (log)", log_y=True,
+                      value_format="{:.1f}")
+    # Bars on a log axis start at its bottom: put it well below the smallest stall.
+    stalls = [v for m in modes for v in (m["stall_p50_ms"], m["stall_p99_ms"]) if v > 0]
+    if stalls:
+        stall_ax.set_ylim(bottom=min(stalls) / 5)
+    rates = [("disk\n" + d["when"], d["gbps"]) for d in result["disk"]]
+    rates += [("persist\n" + m["mode"], m["persist_gbps"]) for m in modes]
+    rates += [("restore\n" + r["label"].removeprefix("restore, ").replace(", ", "\n"), r["gbps"])
+              for r in result["restores"]]
+    draw_grouped_bars(rate_ax, [label for label, _ in rates], {"": [v for _, v in rates]},
+                      title="throughput", ylabel="GB/s", value_format="{:.2f}")
+    rate_ax.tick_params(axis="x", labelsize=7)
+    targets = result["targets"]
+    fig.suptitle(textwrap.fill(
+        f"Checkpoints of {run['state_bytes'] / 1e9:.2f} GB on {run['ranks']} ranks, a save every "
+        f"{run['steps_between_saves']} steps: async stall / sync save = "
+        f"{targets['stall_ratio']:.3f} (target <= {targets['stall_ratio_max']}), persist / disk "
+        f"= {targets['persist_ratio']:.2f} (target >= {targets['persist_ratio_min']})", 120),
+        fontsize=10)
+    _save(fig, out_path)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -249,8 +302,17 @@ def main(argv=None):
     b.add_argument("--title", default="")
     b.add_argument("--ylabel", help="default: the --y key")
     b.add_argument("--log-y", action="store_true", help="logarithmic y axis")
+    k = sub.add_parser("ckpt", help="stall and throughput plot of `frugal bench ckpt --json`")
+    k.add_argument("--json", required=True, help="file written by frugal bench ckpt --json")
+    k.add_argument("--out", required=True, help="SVG file to write")
     args = p.parse_args(argv)
 
+    if args.command == "ckpt":
+        try:
+            plot_ckpt_results(args.json, args.out)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"plot_results: cannot plot {args.json}: {type(e).__name__}: {e}")
+        return
     if args.command == "cluster":
         try:
             plot_cluster_results(args.results, args.out_dir)

@@ -1,8 +1,6 @@
 #include "bench/replay_bench.h"
 
 #include <fmt/format.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -15,14 +13,13 @@
 
 #include "bench/model_shapes.h"
 #include "bench/normal_data.h"
+#include "bench/plot_script.h"
 #include "compress/registry.h"
 #include "core/clock.h"
 #include "core/stats.h"
 #include "core/timeline.h"
 #include "engine/gathered_trace.h"
 #include "engine/synchronizer.h"
-
-extern char** environ;
 
 namespace frugal::bench {
 namespace {
@@ -464,44 +461,10 @@ std::string format_json(const std::vector<ReplayResult>& results,
 }
 
 Status plot_replay(const std::string& json_path, const std::string& svg_path) {
-  const std::string script = std::string(FRUGAL_SOURCE_BENCH_DIR) + "/plot_results.py";
-  std::vector<std::string> args = {"/usr/bin/python3",
-                                   script,
-                                   "bars",
-                                   "--json",
-                                   json_path,
-                                   "--records",
-                                   "records",
-                                   "--x",
-                                   "model",
-                                   "--y",
-                                   "iterations_per_s",
-                                   "--group",
-                                   "fusion",
-                                   "--ylabel",
-                                   "iterations/s",
-                                   "--title",
-                                   "Engine replay: iterations/s by fusion",
-                                   "--out",
-                                   svg_path};
-  std::vector<char*> argv;
-  for (std::string& arg : args) argv.push_back(arg.data());
-  argv.push_back(nullptr);
-  // posix_spawn rather than system(): no shell, so paths need no quoting.
-  pid_t pid = 0;
-  if (int error = posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), environ); error != 0) {
-    return unavailable("--plot: cannot run /usr/bin/python3: " + std::string(std::strerror(error)));
-  }
-  int status = 0;
-  if (waitpid(pid, &status, 0) < 0) {
-    return internal_error("--plot: waitpid: " + std::string(std::strerror(errno)));
-  }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    return unavailable("--plot: " + script + " failed (exit " +
-                       std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) +
-                       "); is python3-matplotlib installed?");
-  }
-  return Status::ok();
+  return run_plot_script({"bars", "--json", json_path, "--records", "records", "--x", "model",
+                          "--y", "iterations_per_s", "--group", "fusion", "--ylabel",
+                          "iterations/s", "--title", "Engine replay: iterations/s by fusion",
+                          "--out", svg_path});
 }
 
 }  // namespace frugal::bench

@@ -8,6 +8,7 @@
 #include <optional>
 #include <thread>
 
+#include "bench/ckpt_bench.h"
 #include "bench/comm_bench.h"
 #include "bench/compress_bench.h"
 #include "bench/model_shapes.h"
@@ -66,19 +67,27 @@ struct CompressBenchFlags {
   bool list = false;
 };
 
+// "2.5e7" -> 25000000: a whole number from 1 to 1e15, in plain or scientific notation.
+std::optional<int64_t> parse_count(const std::string& text) {
+  char* end = nullptr;
+  const double value = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || !(value >= 1) || value > 1e15 || value != std::floor(value)) {
+    return std::nullopt;
+  }
+  return static_cast<int64_t>(value);
+}
+
 // "2.5e7" -> 25000000; "none" (alone) -> no entries.
 Result<std::vector<int64_t>> parse_sizes(const std::vector<std::string>& texts) {
   std::vector<int64_t> sizes;
   for (const std::string& text : texts) {
     if (text == "none") continue;
-    char* end = nullptr;
-    double value = std::strtod(text.c_str(), &end);
-    if (text.empty() || *end != '\0' || !(value >= 1) || value > 1e15 ||
-        value != std::floor(value)) {
+    const std::optional<int64_t> size = parse_count(text);
+    if (!size) {
       return invalid_argument("--sizes: '" + text +
                               "' is not a positive whole number of elements (e.g. 1e6, 25000000)");
     }
-    sizes.push_back(static_cast<int64_t>(value));
+    sizes.push_back(*size);
   }
   return sizes;
 }
@@ -239,27 +248,34 @@ Status write_text_file(const std::string& path, const std::string& text, const c
   return Status::ok();
 }
 
-// Rank 0's files: JSON, markdown, and the plot (from the JSON; a temporary one without --json).
-Status write_replay_outputs(const ReplayBenchFlags& flags,
-                            const std::vector<bench::ReplayResult>& results) {
-  const std::string json = bench::format_json(results, flags.options);
-  if (!flags.json_path.empty()) {
-    FRUGAL_RETURN_IF_ERROR(write_text_file(flags.json_path, json, "--json"));
-  }
-  if (!flags.markdown_path.empty()) {
-    FRUGAL_RETURN_IF_ERROR(
-        write_text_file(flags.markdown_path, bench::format_markdown(results), "--markdown"));
-  }
-  if (flags.plot_path.empty()) return Status::ok();
-  if (!flags.json_path.empty()) return bench::plot_replay(flags.json_path, flags.plot_path);
-  char temp[] = "/tmp/frugal-replay-XXXXXX.json";
+using PlotFromJson = Status (*)(const std::string& json_path, const std::string& svg_path);
+
+// Writes `json` to json_path and draws plot_path from it, each when given; without --json the
+// plot is drawn from a temporary file.
+Status write_json_and_plot(const std::string& json, const std::string& json_path,
+                           const std::string& plot_path, PlotFromJson plot) {
+  if (!json_path.empty()) FRUGAL_RETURN_IF_ERROR(write_text_file(json_path, json, "--json"));
+  if (plot_path.empty()) return Status::ok();
+  if (!json_path.empty()) return plot(json_path, plot_path);
+  char temp[] = "/tmp/frugal-bench-XXXXXX.json";
   const int fd = mkstemps(temp, 5);
   if (fd < 0) return unavailable("--plot: cannot create a temporary JSON file in /tmp");
   close(fd);
   Status status = write_text_file(temp, json, "--plot");
-  if (status.is_ok()) status = bench::plot_replay(temp, flags.plot_path);
+  if (status.is_ok()) status = plot(temp, plot_path);
   std::remove(temp);
   return status;
+}
+
+// Rank 0's files: JSON, markdown, and the plot.
+Status write_replay_outputs(const ReplayBenchFlags& flags,
+                            const std::vector<bench::ReplayResult>& results) {
+  if (!flags.markdown_path.empty()) {
+    FRUGAL_RETURN_IF_ERROR(
+        write_text_file(flags.markdown_path, bench::format_markdown(results), "--markdown"));
+  }
+  return write_json_and_plot(bench::format_json(results, flags.options), flags.json_path,
+                             flags.plot_path, bench::plot_replay);
 }
 
 // One rank: every model in turn; rank 0 prints each table as soon as it is measured.
@@ -388,6 +404,90 @@ void add_replay_bench_command(CLI::App& bench, int& exit_code,
   replay->callback(
       [flags, &exit_code, argv] { exit_code = run_replay_bench_command(*flags, argv); });
 }
+struct CkptBenchFlags {
+  std::string parameters = "1e8";
+  std::string steps_between_saves = "auto";
+  bench::CkptBenchOptions options;
+  std::string json_path;
+  std::string plot_path;
+};
+
+// "auto" -> nullopt (chosen from the disk baseline), else a whole number of steps.
+Result<std::optional<int>> parse_steps_between_saves(const std::string& text) {
+  if (text == "auto") return std::optional<int>();
+  const std::optional<int64_t> steps = parse_count(text);
+  if (!steps || *steps > 10'000) {
+    return invalid_argument("--steps-between-saves " + text +
+                            " is invalid; it must be 'auto' or from 1 to 10000");
+  }
+  return std::optional<int>(static_cast<int>(*steps));
+}
+
+int run_ckpt_bench_command(const CkptBenchFlags& flags) {
+  bench::CkptBenchOptions options = flags.options;
+  const std::optional<int64_t> parameters = parse_count(flags.parameters);
+  if (!parameters) {
+    return report_error(invalid_argument("--parameters " + flags.parameters +
+                                         " is invalid; it must be a whole number from 1000 to "
+                                         "5e10 (e.g. 1e8)"));
+  }
+  options.parameters = *parameters;
+  auto steps = parse_steps_between_saves(flags.steps_between_saves);
+  if (!steps.is_ok()) return report_error(steps.status());
+  options.steps_between_saves = *steps;
+  if (Status s = bench::validate(options); !s.is_ok()) return report_error(s);
+  // Progress on stderr, so stdout is the markdown report alone.
+  auto result = bench::run_ckpt_bench(options, [](const std::string& text) {
+    std::fputs(("# " + text + "\n").c_str(), stderr);
+    std::fflush(stderr);
+  });
+  if (!result.is_ok()) return report_error(result.status());
+  std::fputs(bench::format_markdown(*result).c_str(), stdout);
+  std::fflush(stdout);
+  Status status = write_json_and_plot(bench::format_json(*result), flags.json_path, flags.plot_path,
+                                      bench::plot_ckpt);
+  return status.is_ok() ? 0 : report_error(status);
+}
+
+void add_ckpt_bench_command(CLI::App& bench, int& exit_code) {
+  auto flags = std::make_shared<CkptBenchFlags>();
+  bench::CkptBenchOptions& o = flags->options;
+  CLI::App* ckpt = bench.add_subcommand(
+      "ckpt",
+      "Checkpoint cost to training: stall per save (sync vs async), persist vs the disk's "
+      "write + fsync bandwidth, restore time; the restored state is checked bit for bit");
+  ckpt->add_option("--parameters", flags->parameters,
+                   "f32 parameters of the synthetic transformer-like state (e.g. 1e8)")
+      ->capture_default_str();
+  ckpt->add_option("--moments", o.moments, "Optimizer moments per parameter, 0..2 (Adam: 2)")
+      ->capture_default_str();
+  ckpt->add_option("--ranks", o.ranks, "Thread-ranks, each with its own copy of the state")
+      ->capture_default_str();
+  ckpt->add_option("--saves", o.saves, "Saves per mode (sync, async)")->capture_default_str();
+  ckpt->add_option("--forward-ms", o.forward_ms, "CPU work per step in the forward window")
+      ->capture_default_str();
+  ckpt->add_option("--backward-ms", o.backward_ms, "CPU work per step in the backward window")
+      ->capture_default_str();
+  ckpt->add_option("--steps-between-saves", flags->steps_between_saves,
+                   "Steps from one save to the next, or auto: the smallest count >= 2 whose "
+                   "work lasts 1.5 x the persist time the disk baseline predicts")
+      ->capture_default_str();
+  ckpt->add_option("--dir", o.parent_dir,
+                   "Where the run's fresh directory (frugal-ckpt-XXXXXX) is made")
+      ->capture_default_str();
+  ckpt->add_flag("--keep-files", o.keep_files, "Keep the run's directory (checkpoints included)");
+  ckpt->add_option("--chunk-bytes", o.chunk_bytes, "Checkpoint chunk size (e.g. 4M), 4K to 1G")
+      ->transform(CLI::AsSizeValue(false))
+      ->capture_default_str();
+  ckpt->add_option("--json", flags->json_path, "Write {run, modes, disk, restores, targets}")
+      ->type_name("FILE");
+  ckpt->add_option("--plot", flags->plot_path,
+                   "Draw stall per mode and the throughputs into this SVG "
+                   "(bench/plot_results.py, python3-matplotlib)")
+      ->type_name("FILE");
+  ckpt->callback([flags, &exit_code] { exit_code = run_ckpt_bench_command(*flags); });
+}
+
 }  // namespace
 
 void add_bench_commands(CLI::App& app, int& exit_code, const std::vector<std::string>& argv) {
@@ -430,6 +530,7 @@ void add_bench_commands(CLI::App& app, int& exit_code, const std::vector<std::st
 
   add_compress_bench_command(*bench, exit_code);
   add_replay_bench_command(*bench, exit_code, argv);
+  add_ckpt_bench_command(*bench, exit_code);
 }
 
 }  // namespace frugal::cli

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cli/bench_command.h"
+#include "cli/ckpt_command.h"
 #include "cli/launch.h"
 #include "cli/train_command.h"
 #include "core/logging.h"
@@ -26,6 +27,7 @@ int main(int argc, char** argv) {
 
   frugal::cli::add_train_command(app, exit_code, args);
   frugal::cli::add_bench_commands(app, exit_code, args);
+  frugal::cli::add_ckpt_commands(app, exit_code);
 
   try {
     app.parse(argc, argv);

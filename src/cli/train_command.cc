@@ -9,6 +9,7 @@
 #include "cli/launch.h"
 #include "cli/train_report.h"
 #include "cli/validators.h"
+#include "ckpt/fault.h"
 #include "compress/registry.h"
 #include "core/clock.h"
 #include "core/timeline.h"
@@ -194,6 +195,14 @@ Status resolve(TrainFlags& f) {
     auto made = make_compressor(o.compress, context);
     if (!made.is_ok()) return made.status().with_context("--compress '" + o.compress + "'");
   }
+  // Crash tests: FRUGAL_CKPT_FAULT (ckpt/fault.h), checked here so a typo fails at once.
+  if (const char* fault = std::getenv("FRUGAL_CKPT_FAULT")) {
+    o.checkpoint.fault = fault;
+    const char* hang = std::getenv("FRUGAL_CKPT_HANG_SECONDS");
+    o.checkpoint.fault_hang_seconds = hang != nullptr ? std::atof(hang) : 30.0;
+    FRUGAL_RETURN_IF_ERROR(
+        ckpt::parse_fault_plan(o.checkpoint.fault, o.checkpoint.fault_hang_seconds).status());
+  }
   f.report.progress = f.progress == "bar"     ? ProgressMode::kBar
                       : f.progress == "lines" ? ProgressMode::kLines
                       : f.progress == "off"   ? ProgressMode::kOff
@@ -352,6 +361,39 @@ void add_train_command(CLI::App& app, int& exit_code, const std::vector<std::str
                    "Debug: verify every N steps that all workers hold bit-identical parameters "
                    "(0: off)")
       ->check(non_negative())
+      ->capture_default_str();
+  CheckpointSettings& ck = o.checkpoint;
+  train->add_option("--checkpoint-dir", ck.dir,
+                    "Save checkpoints here (partitioned over the workers, crash-consistent; "
+                    "the last one is saved after the final step)");
+  train
+      ->add_option("--checkpoint-every", ck.every_steps, "Save every N steps (0: only at the end)")
+      ->check(non_negative())
+      ->capture_default_str();
+  train
+      ->add_option("--checkpoint-interval", ck.interval_seconds,
+                   "Save about every T seconds of training instead (converted to steps from the "
+                   "measured step time)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  train->add_flag("--resume", ck.resume,
+                  "Start from the newest valid checkpoint in --checkpoint-dir (from scratch if "
+                  "there is none); any number of workers");
+  train
+      ->add_option("--checkpoint-keep", ck.keep, "Committed checkpoints kept")
+      ->check(positive())
+      ->capture_default_str();
+  train
+      ->add_option("--checkpoint-mode", ck.mode,
+                   "lazy: copy during the next step's forward and backward (AsymCheck); async: "
+                   "copy at the save, write in the background; sync: copy, write and fsync "
+                   "before training goes on")
+      ->check(CLI::IsMember({"lazy", "async", "sync"}))
+      ->capture_default_str();
+  train
+      ->add_option("--checkpoint-timeout", ck.commit_timeout_seconds,
+                   "Seconds rank 0 waits for every worker's shard before it abandons a save")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   train->add_option("--metrics", flags->report.metrics_path,
                     "Write JSON lines: one per logged step and one per epoch");

@@ -218,7 +218,13 @@ Status TrainReporter::finish(const TrainSummary& s, double wall_seconds) {
                   {"exposed_comm_ms_per_step", s.wait_ms_per_step},
                   {"tensor_missing_rate", s.tensor_missing_rate},
                   {"residual_bytes", s.residual_bytes},
-                  {"buckets", s.num_buckets}});
+                  {"buckets", s.num_buckets},
+                  {"resumed_from_step", s.resumed_from_step},
+                  {"checkpoints_saved", s.checkpoints_saved},
+                  {"checkpoints_committed", s.checkpoints_committed},
+                  {"checkpoints_failed", s.checkpoints_failed},
+                  {"checkpoint_stall_ms_p50", s.checkpoint_stall_ms_p50},
+                  {"checkpoint_stall_ms_max", s.checkpoint_stall_ms_max}});
   if (!options_.summary_path.empty()) {
     std::ofstream out(options_.summary_path, std::ios::trunc);
     out << summary.dump(2) << "\n";
@@ -236,6 +242,19 @@ Status TrainReporter::finish(const TrainSummary& s, double wall_seconds) {
   if (s.tensor_missing_rate > 0) {
     std::printf("      %.1f%% of compressed tensors sent no element (tensor missing)\n",
                 100 * s.tensor_missing_rate);
+  }
+  if (s.resumed_from_step >= 0) {
+    std::printf("      resumed from the checkpoint of step %lld\n",
+                static_cast<long long>(s.resumed_from_step));
+  }
+  if (s.checkpoints_saved > 0) {
+    std::printf(
+        "      checkpoints: %lld saved, %lld committed, %lld failed; training blocked %.1f ms "
+        "per save (median), %.1f ms at most\n",
+        static_cast<long long>(s.checkpoints_saved),
+        static_cast<long long>(s.checkpoints_committed),
+        static_cast<long long>(s.checkpoints_failed), s.checkpoint_stall_ms_p50,
+        s.checkpoint_stall_ms_max);
   }
   std::fflush(stdout);
   return write_error_;

@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/status.h"
@@ -21,5 +22,26 @@ Result<std::unique_ptr<torch::optim::Optimizer>> make_optimizer(
 
 // Sets the learning rate of every parameter group.
 void set_learning_rate(torch::optim::Optimizer& optimizer, double lr);
+
+// The state one optimizer keeps for one parameter, as tensors a checkpoint can copy in place:
+// "momentum_buffer" (sgd with momentum) or "exp_avg" and "exp_avg_sq" (adam, adamw), plus Adam's
+// step counter, which LibTorch keeps as a plain integer and is mirrored here in a one-element
+// int64 tensor (copy_step_counter moves it across).
+struct OptimizerStateTensors {
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  torch::Tensor step;  // undefined for sgd
+};
+
+// Creates `param`'s state in `optimizer` if it has not stepped yet, with the zeros its first
+// step would create (so a checkpoint holds the same entries at every step), and returns it.
+// REQUIRES: `optimizer` was made by make_optimizer(options, {param}).
+OptimizerStateTensors materialize_optimizer_state(torch::optim::Optimizer& optimizer,
+                                                  const OptimizerOptions& options,
+                                                  const torch::Tensor& param);
+
+// Adam's step counter between LibTorch's state and the mirror tensor, in either direction.
+enum class StepCounterCopy { kToMirror, kFromMirror };
+void copy_step_counter(torch::optim::Optimizer& optimizer, const OptimizerOptions& options,
+                       const torch::Tensor& param, torch::Tensor& mirror, StepCounterCopy how);
 
 }  // namespace frugal

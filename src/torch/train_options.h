@@ -34,6 +34,22 @@ struct OptimizerOptions {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;  // adam, adamw
 };
 
+// Checkpoints (ckpt/): where, how often, and how they are written.
+struct CheckpointSettings {
+  std::string dir;  // empty: no checkpoints
+  int64_t every_steps = 0;      // > 0: save every N steps
+  double interval_seconds = 0;  // > 0: save about every T seconds of training (instead)
+  bool resume = false;          // start from the newest valid checkpoint in dir, if any
+  int keep = 2;                 // committed checkpoints kept
+  // "lazy": copies spread over the next step's forward and backward (AsymCheck); "async": copy
+  // at the save, persist in the background (CheckFreq); "sync": copy, write and fsync in place.
+  std::string mode = "lazy";
+  int64_t chunk_bytes = int64_t{4} << 20;
+  double commit_timeout_seconds = 300;
+  std::string fault;  // FRUGAL_CKPT_FAULT (ckpt/fault.h), for crash tests
+  double fault_hang_seconds = 0;
+};
+
 struct TrainerOptions {
   std::string model = "mlp";
   DataOptions data;
@@ -59,6 +75,7 @@ struct TrainerOptions {
   size_t own_bucket_bytes = 0;       // tensors this big are exchanged alone, in place (0: off)
   int64_t dense_below_bytes = -1;    // hybrid cut-off; -1: automatic (SynchronizerOptions)
   int64_t check_replicas_every = 0;  // > 0: verify bit-identical parameters every N steps
+  CheckpointSettings checkpoint;
   // Steps left out of samples_per_s at the start (allocation, first-touch, connection set-up).
   int64_t timing_warmup_steps = 5;
 };

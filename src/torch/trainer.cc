@@ -4,19 +4,25 @@
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 #include <torch/torch.h>
+#include <spdlog/spdlog.h>
 #include <xxhash.h>
 
 #include <algorithm>
 #include <cstring>
+#include <array>
 #include <functional>
 #include <mutex>
 
+#include "ckpt/checkpointer.h"
+#include "ckpt/restore.h"
 #include "compress/registry.h"
 #include "core/clock.h"
+#include "core/stats.h"
 #include "torch/models.h"
 #include "torch/optimizer.h"
 #include "torch/sampler.h"
 #include "torch/training_data.h"
+#include "torch/training_state.h"
 
 namespace frugal {
 namespace {
@@ -97,6 +103,14 @@ struct Trainer::Impl {
   Status check_replicas();
   // Called by autograd once parameter `index`'s gradient is accumulated.
   void on_grad_ready(size_t index);
+  Status setup_checkpoints();
+  Status resume();
+  Status apply_cursor(const ckpt::RestoredState& restored);
+  // After each step: saves when one is due (always after the last step) and, at the end, waits
+  // for it to be committed.
+  Status maybe_save();
+  Status save_checkpoint();
+  nlohmann::json config_json() const;
 
   Communicator& comm;
   const TrainerOptions options;
@@ -128,10 +142,22 @@ struct Trainer::Impl {
 
   // Running totals.
   double train_seconds = 0, timed_seconds = 0;
+  double resumed_train_seconds = 0;  // train_seconds restored from a checkpoint
   int64_t samples = 0, timed_samples = 0;
   double epoch_loss_sum = 0;
   int64_t epoch_batches = 0;
   StepStatsSum sync_sums;
+
+  // Checkpoints (null when off).
+  std::unique_ptr<TrainingState> state;
+  std::unique_ptr<ckpt::Checkpointer> checkpointer;
+  int64_t start_step = 0;             // the step this process started at (resumed or 0)
+  int64_t resumed_from = -1;          // the restored checkpoint's step
+  int64_t steps_per_save = 0;         // agreed by every rank
+  int64_t next_save_step = 0;         // the next step at which to save (or calibrate)
+  bool interval_calibrated = false;   // --checkpoint-interval: steps_per_save measured
+  int64_t last_saved_step = -1;
+  std::array<double, 2> epoch_loss_state{};  // per-rank cursor: the open epoch's loss sums
 };
 
 namespace {
@@ -230,7 +256,7 @@ Status Trainer::Impl::init() {
   }
 
   model->train();
-  return Status::ok();
+  return setup_checkpoints();
 }
 
 void Trainer::Impl::on_grad_ready(size_t index) {
@@ -242,6 +268,190 @@ void Trainer::Impl::on_grad_ready(size_t index) {
     grad = grad.to(torch::kFloat32).contiguous();
   }
   hook_error = sync->grad_ready(sync_ids[index], view_of(grad));
+}
+
+namespace {
+
+// Steps after the start before --checkpoint-interval is first converted into steps.
+constexpr int64_t kIntervalCalibrationSteps = 3;
+
+Result<int64_t> meta_int(const nlohmann::json& meta, const char* key) {
+  const auto it = meta.find(key);
+  if (it == meta.end() || !it->is_number_integer()) {
+    return data_loss(std::string("checkpoint meta lacks the integer '") + key + "'");
+  }
+  return it->get<int64_t>();
+}
+
+}  // namespace
+
+nlohmann::json Trainer::Impl::config_json() const {
+  return {{"model", options.model},
+          {"optimizer", options.optimizer.name},
+          {"lr", options.optimizer.lr},
+          {"compress", compressor ? compressor->spec() : "none"},
+          {"fusion", fusion_to_string({options.fusion, options.fusion_threshold_bytes})},
+          {"batch_size", options.batch_size},
+          {"world_size", comm.size()},
+          {"seed", options.seed},
+          {"data", data->description()},
+          {"total_steps", total_steps}};
+}
+
+Status Trainer::Impl::setup_checkpoints() {
+  const CheckpointSettings& c = options.checkpoint;
+  if (c.dir.empty()) {
+    if (c.resume || c.every_steps > 0 || c.interval_seconds > 0) {
+      return invalid_argument(
+          "--resume, --checkpoint-every and --checkpoint-interval need --checkpoint-dir");
+    }
+    return Status::ok();
+  }
+  if (c.every_steps < 0) return invalid_argument("--checkpoint-every must be >= 0");
+  if (c.interval_seconds < 0) return invalid_argument("--checkpoint-interval must be >= 0");
+  if (c.every_steps > 0 && c.interval_seconds > 0) {
+    return invalid_argument("give --checkpoint-every or --checkpoint-interval, not both");
+  }
+  if (c.mode != "lazy" && c.mode != "async" && c.mode != "sync") {
+    return invalid_argument("--checkpoint-mode '" + c.mode + "' is invalid; valid: lazy, async, sync");
+  }
+  std::vector<std::pair<std::string, torch::Tensor>> named_buffers;
+  for (const auto& item : model->named_buffers()) {
+    named_buffers.emplace_back(item.key(), item.value());
+  }
+  state = std::make_unique<TrainingState>(param_names, params, named_buffers, param_optimizers,
+                                          options.optimizer, compressor.get());
+  // One run id for the job, so its temporary directories never mix with another run's.
+  std::string run_id = comm.rank() == 0 ? ckpt::make_run_id() : std::string(ckpt::kMaxRunIdLength, ' ');
+  FRUGAL_RETURN_IF_ERROR(
+      comm.broadcast(MutableBytes(reinterpret_cast<std::byte*>(run_id.data()), run_id.size()), 0));
+  ckpt::CheckpointerOptions co;
+  co.dir = c.dir;
+  co.run_id = run_id;
+  co.keep = c.keep;
+  co.chunk_bytes = c.chunk_bytes;
+  co.async = c.mode != "sync";
+  co.lazy = c.mode == "lazy";
+  co.commit_timeout_seconds = c.commit_timeout_seconds;
+  FRUGAL_ASSIGN_OR_RETURN(co.fault, ckpt::parse_fault_plan(c.fault, c.fault_hang_seconds));
+  co.meta = {{"config", config_json()}};
+  auto made = ckpt::Checkpointer::create(comm.rank(), comm.size(), std::move(co), timeline);
+  if (!made.is_ok()) return made.status().with_context("--checkpoint-dir " + c.dir);
+  checkpointer = std::move(made).value();
+  if (c.resume) FRUGAL_RETURN_IF_ERROR(resume());
+  start_step = step_count;
+  if (c.every_steps > 0) {
+    steps_per_save = c.every_steps;
+    next_save_step = (step_count / steps_per_save + 1) * steps_per_save;
+  } else {
+    next_save_step = step_count + kIntervalCalibrationSteps;  // first, measure the step time
+  }
+  return Status::ok();
+}
+
+Status Trainer::Impl::resume() {
+  FRUGAL_ASSIGN_OR_RETURN(auto restored, ckpt::restore_latest(comm, options.checkpoint.dir));
+  if (!restored) {
+    if (comm.rank() == 0) {
+      spdlog::info("no checkpoint in {}: training starts at step 0", options.checkpoint.dir);
+    }
+    return Status::ok();
+  }
+  {
+    torch::NoGradGuard no_grad;
+    FRUGAL_RETURN_IF_ERROR(state->apply(*restored));
+  }
+  FRUGAL_RETURN_IF_ERROR(apply_cursor(*restored));
+  resumed_from = restored->manifest.step;
+  if (comm.rank() == 0) {
+    spdlog::info("resumed from {} (step {} of {}, saved on {} ranks) in {:.2f} s",
+                 restored->path, step_count, total_steps, restored->manifest.world_size,
+                 restored->seconds);
+  }
+  return Status::ok();
+}
+
+// Where the data stream goes on: the same step when the global batch is unchanged; otherwise
+// the batch of the new layout that holds the saved position, rounded down (a few samples of the
+// open epoch are seen twice rather than skipped).
+Status Trainer::Impl::apply_cursor(const ckpt::RestoredState& restored) {
+  const nlohmann::json& meta = restored.manifest.meta;
+  FRUGAL_ASSIGN_OR_RETURN(const int64_t step, meta_int(meta, "step"));
+  FRUGAL_ASSIGN_OR_RETURN(const int64_t saved_spe, meta_int(meta, "steps_per_epoch"));
+  FRUGAL_ASSIGN_OR_RETURN(const int64_t saved_world, meta_int(meta, "world_size"));
+  FRUGAL_ASSIGN_OR_RETURN(const int64_t saved_batch, meta_int(meta, "batch_size"));
+  FRUGAL_ASSIGN_OR_RETURN(samples, meta_int(meta, "samples"));
+  if (step < 0 || saved_spe <= 0 || saved_world <= 0 || saved_batch <= 0) {
+    return data_loss("checkpoint meta has an invalid data cursor (" + restored.path + ")");
+  }
+  if (const auto it = meta.find("train_seconds"); it != meta.end() && it->is_number()) {
+    train_seconds = resumed_train_seconds = it->get<double>();
+  }
+  const int64_t global_batch = comm.size() * options.batch_size;
+  if (saved_spe == steps_per_epoch && saved_world * saved_batch == global_batch) {
+    step_count = step;
+    if (const auto it = restored.per_rank.find("cursor/epoch_loss");
+        it != restored.per_rank.end() && it->second.data.size() == sizeof(epoch_loss_state)) {
+      std::memcpy(epoch_loss_state.data(), it->second.data.data(), sizeof(epoch_loss_state));
+      epoch_loss_sum = epoch_loss_state[0];
+      epoch_batches = static_cast<int64_t>(epoch_loss_state[1]);
+      indices_epoch = step_count / steps_per_epoch;
+      epoch_indices = shard_indices(shard, indices_epoch);
+    }
+  } else {
+    const int64_t epoch = step / saved_spe;
+    const int64_t position = (step % saved_spe) * saved_world * saved_batch;
+    step_count = epoch * steps_per_epoch + std::min(position / global_batch, steps_per_epoch);
+    if (comm.rank() == 0) {
+      spdlog::warn("checkpoint saved with {} workers x batch {}, resumed with {} x {}: the data "
+                   "stream goes on at step {} (epoch {}, sample {} of the epoch)",
+                   saved_world, saved_batch, comm.size(), options.batch_size, step_count, epoch,
+                   position);
+    }
+  }
+  step_count = std::min(step_count, total_steps);
+  return Status::ok();
+}
+
+Status Trainer::Impl::save_checkpoint() {
+  std::vector<ckpt::StateSource> sources = state->sources();
+  epoch_loss_state = {epoch_loss_sum, static_cast<double>(epoch_batches)};
+  sources.push_back({{"cursor/epoch_loss", DType::kF64, {2}, int64_t{sizeof(epoch_loss_state)}},
+                     ckpt::Sharing::kPerRank,
+                     reinterpret_cast<const std::byte*>(epoch_loss_state.data()),
+                     false});
+  nlohmann::json cursor = {{"step", step_count},
+                           {"epoch", step_count / steps_per_epoch},
+                           {"steps_per_epoch", steps_per_epoch},
+                           {"world_size", comm.size()},
+                           {"batch_size", options.batch_size},
+                           {"samples", samples},
+                           {"train_seconds", train_seconds}};
+  last_saved_step = step_count;
+  return checkpointer->save(step_count, std::move(sources), std::move(cursor));
+}
+
+Status Trainer::Impl::maybe_save() {
+  if (!checkpointer) return Status::ok();
+  const bool last = step_count == total_steps;
+  if (step_count == next_save_step || last) {
+    const bool interval = options.checkpoint.interval_seconds > 0;
+    const bool due = last || !interval || interval_calibrated;
+    if (interval) {
+      // Every rank must save at the same steps: the step time is agreed (the slowest rank's).
+      double mean = (train_seconds - resumed_train_seconds) /
+                    static_cast<double>(std::max<int64_t>(step_count - start_step, 1));
+      FRUGAL_RETURN_IF_ERROR(comm.allreduce({&mean, DType::kF64, {1}}, ReduceOp::kMax));
+      steps_per_save = std::max<int64_t>(
+          1, std::llround(options.checkpoint.interval_seconds / std::max(mean, 1e-9)));
+      interval_calibrated = true;
+    }
+    if (due && last_saved_step != step_count) FRUGAL_RETURN_IF_ERROR(save_checkpoint());
+    next_save_step = step_count + steps_per_save;
+  }
+  if (last) checkpointer->wait();
+  checkpointer->step_ended(step_count);
+  return Status::ok();
 }
 
 Status Trainer::Impl::step(StepReport* report) {
@@ -271,11 +481,13 @@ Status Trainer::Impl::step(StepReport* report) {
   for (auto& optimizer : param_optimizers) set_learning_rate(*optimizer, lr);
   hook_error = Status::ok();
   torch::Tensor loss;
+  if (checkpointer) checkpointer->forward_begins();
   {
     ScopedTraceEvent event(timeline, phase::kForward);
     torch::Tensor logits = model->forward(batch.input);
     loss = F::cross_entropy(logits.reshape({-1, logits.size(-1)}), batch.target.reshape({-1}));
   }
+  if (checkpointer) checkpointer->backward_begins();
   {
     ScopedTraceEvent event(timeline, phase::kBackward);
     loss.backward();
@@ -283,6 +495,8 @@ Status Trainer::Impl::step(StepReport* report) {
   Status optimizer_error;
   const auto step_params = [&](const Bucket& bucket) {
     if (!optimizer_error.is_ok()) return;
+    // A lazy checkpoint snapshot must hold the step's parameters before any of them changes.
+    if (checkpointer) checkpointer->before_update();
     ScopedTraceEvent event(timeline, phase::kOptimizer);
     // The Synchronizer is not exception-safe; LibTorch errors stop here.
     optimizer_error = guarded("the optimizer step", [&] {
@@ -429,6 +643,7 @@ Result<TrainSummary> Trainer::run(TrainObserver* observer) {
     if (m.options.check_replicas_every > 0 && m.step_count % m.options.check_replicas_every == 0) {
       FRUGAL_RETURN_IF_ERROR(check_replicas());
     }
+    FRUGAL_RETURN_IF_ERROR(guarded("saving a checkpoint", [&] { return m.maybe_save(); }));
     if (m.step_count % m.steps_per_epoch != 0 && m.step_count != m.total_steps) continue;
     EpochReport epoch;
     epoch.epoch = report.epoch;
@@ -464,6 +679,18 @@ Result<TrainSummary> Trainer::run(TrainObserver* observer) {
   summary.residual_bytes = m.compressor ? m.compressor->stats().residual_bytes : 0;
   summary.num_buckets = static_cast<int>(m.sync->buckets().size());
   summary.compressor = m.compressor ? m.compressor->spec() : "none";
+  summary.resumed_from_step = m.resumed_from;
+  if (m.checkpointer) {
+    const ckpt::CheckpointStats stats = m.checkpointer->stats();
+    summary.checkpoints_saved = stats.saves_started;
+    summary.checkpoints_committed = stats.saves_committed;
+    summary.checkpoints_failed = stats.saves_failed;
+    std::vector<double> stalls = stats.stall_seconds;
+    if (!stalls.empty()) {
+      summary.checkpoint_stall_ms_p50 = median(stalls) * 1e3;
+      summary.checkpoint_stall_ms_max = *std::max_element(stalls.begin(), stalls.end()) * 1e3;
+    }
+  }
   return summary;
 }
 

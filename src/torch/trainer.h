@@ -65,6 +65,10 @@ struct TrainSummary {
   int64_t residual_bytes = 0;  // the compressor's error-feedback memory at the end
   int num_buckets = 0;
   std::string compressor;  // canonical spec; "none" when dense
+  // Checkpoints (all zero when off). Committed and failed are rank 0's view of the commits.
+  int64_t resumed_from_step = -1;  // the step of the checkpoint this run resumed from
+  int64_t checkpoints_saved = 0, checkpoints_committed = 0, checkpoints_failed = 0;
+  double checkpoint_stall_ms_p50 = 0, checkpoint_stall_ms_max = 0;  // training thread blocked
 };
 
 class TrainObserver {
