@@ -235,7 +235,7 @@ TEST_F(CheckpointTest, HungRankMakesTheCommitTimeOutWithoutDeadlock) {
       ckpt.before_update();
       state.fill(step, comm.rank());
       ASSERT_TRUE(ckpt.save(step, state.sources()).is_ok());
-      ckpt.wait();  // rank 1 is back after its hang; step 2 then commits
+      ckpt.wait();                          // rank 1 is back after its hang; step 2 then commits
       ASSERT_TRUE(comm.barrier().is_ok());  // the lockstep that training's allreduces impose
     }
     if (comm.rank() == 0) {

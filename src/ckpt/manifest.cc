@@ -215,7 +215,8 @@ class ManifestParser {
     FRUGAL_ASSIGN_OR_RETURN(manifest_.run_id, top.string("run_id"));
     if (!is_valid_run_id(manifest_.run_id)) return top.error("run_id", "is not a valid run id");
     FRUGAL_ASSIGN_OR_RETURN(manifest_.step, top.integer("step", 0));
-    FRUGAL_ASSIGN_OR_RETURN(int64_t world, top.integer("world_size", 1, 99999));
+    FRUGAL_ASSIGN_OR_RETURN(int64_t world,
+                            top.integer("world_size", 1, std::numeric_limits<int32_t>::max()));
     manifest_.world_size = static_cast<int>(world);
     FRUGAL_ASSIGN_OR_RETURN(manifest_.chunk_bytes, top.integer("chunk_bytes", 1));
     FRUGAL_ASSIGN_OR_RETURN(manifest_.created_unix_ms, top.integer("created_unix_ms", 0));

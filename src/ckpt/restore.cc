@@ -176,9 +176,9 @@ Result<std::vector<std::string>> gather_failures(Communicator& comm, const Statu
     mine.replace(0, std::min(text.size(), kMessageBytes - 1), text, 0, kMessageBytes - 1);
   }
   std::string all(kMessageBytes * static_cast<size_t>(comm.size()), '\0');
-  FRUGAL_RETURN_IF_ERROR(comm.allgather(
-      ConstBytes(reinterpret_cast<const std::byte*>(mine.data()), mine.size()),
-      MutableBytes(reinterpret_cast<std::byte*>(all.data()), all.size())));
+  FRUGAL_RETURN_IF_ERROR(
+      comm.allgather(ConstBytes(reinterpret_cast<const std::byte*>(mine.data()), mine.size()),
+                     MutableBytes(reinterpret_cast<std::byte*>(all.data()), all.size())));
   std::vector<std::string> failures;
   for (int r = 0; r < comm.size(); ++r) {
     const std::string text = all.substr(static_cast<size_t>(r) * kMessageBytes, kMessageBytes);
@@ -264,11 +264,10 @@ Result<std::optional<RestoredState>> restore_latest(Communicator& comm, const st
     state.path = path;
     std::vector<size_t> share_sizes;
     const Status local = load_local(path, comm.rank(), comm.size(), state, share_sizes);
-    FRUGAL_ASSIGN_OR_RETURN(const std::vector<std::string> failures,
-                            gather_failures(comm, local));
+    FRUGAL_ASSIGN_OR_RETURN(const std::vector<std::string> failures, gather_failures(comm, local));
     if (failures.empty()) {
-      const ByteRange share = partition(state.manifest.replicated.total, comm.rank(),
-                                        comm.size(), state.manifest.chunk_bytes);
+      const ByteRange share = partition(state.manifest.replicated.total, comm.rank(), comm.size(),
+                                        state.manifest.chunk_bytes);
       // allgatherv cannot read and write the same buffer: the share goes through a copy.
       std::vector<std::byte> mine(state.replicated.begin() + share.lo,
                                   state.replicated.begin() + share.hi);
@@ -282,7 +281,8 @@ Result<std::optional<RestoredState>> restore_latest(Communicator& comm, const st
       state.seconds = static_cast<double>(now_us() - start) * 1e-6;
       return std::optional<RestoredState>(std::move(state));
     }
-    for (const std::string& failure : failures) warnings.push_back("skipped " + path + ": " + failure);
+    for (const std::string& failure : failures)
+      warnings.push_back("skipped " + path + ": " + failure);
     // Every rank moves on to the next older checkpoint (only rank 0's choice matters).
     const std::string name = path.substr(path.find_last_of('/') + 1);
     before_step = parse_step_dir_name(name).value_or(0);

@@ -179,8 +179,9 @@ class FooterParser {
  private:
   template <typename T>
   Status read(T* value, std::string_view what) {
-    if (!cursor_.get(value))
+    if (!cursor_.get(value)) {
       return corrupt(path_, cursor_.offset(), "footer ends inside " + std::string(what));
+    }
     return Status::ok();
   }
 

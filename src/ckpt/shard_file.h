@@ -15,6 +15,8 @@
 // names the run and step, so a shard of another run or step is rejected. Every parse is bounds-
 // checked: nothing read from the file is trusted before it is checked, and a failure is
 // kDataLoss naming the file and the byte offset where it was found.
+// Thread-safety: read_shard_info is thread-safe; a ShardWriter or ShardReader is used by one
+// thread at a time (the reader verifies through one scratch chunk), so open one per thread.
 #pragma once
 
 #include <cstdint>

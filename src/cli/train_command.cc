@@ -6,10 +6,10 @@
 #include <memory>
 #include <thread>
 
+#include "ckpt/fault.h"
 #include "cli/launch.h"
 #include "cli/train_report.h"
 #include "cli/validators.h"
-#include "ckpt/fault.h"
 #include "compress/registry.h"
 #include "core/clock.h"
 #include "core/timeline.h"
@@ -42,6 +42,7 @@ struct TrainFlags {
   // per-tensor compression).
   std::string dense_below = "64K";
   std::string sync = "all";
+  bool deterministic = false;
   double first_bucket_mb = 1;
   double own_bucket_mb = 4;
   int64_t timeout_ms = 120'000;
@@ -87,7 +88,8 @@ nlohmann::json config_json(const TrainFlags& f, const TrainerOptions& o, int wor
           {"dense_below", f.dense_below},
           {"first_bucket_mb", f.first_bucket_mb},
           {"own_bucket_mb", f.own_bucket_mb},
-          {"check_replicas", o.check_replicas_every}};
+          {"check_replicas", o.check_replicas_every},
+          {"deterministic", f.deterministic}};
 }
 
 // One rank's whole job. Rank 0 reports.
@@ -178,7 +180,14 @@ Status resolve(TrainFlags& f) {
   }
   o.own_bucket_bytes = static_cast<size_t>(f.own_bucket_mb * (1 << 20));
   o.first_bucket_bytes = static_cast<size_t>(f.first_bucket_mb * (1 << 20));
-  FRUGAL_ASSIGN_OR_RETURN(const FusionSpec fusion, parse_fusion(f.fusion));
+  FRUGAL_ASSIGN_OR_RETURN(FusionSpec fusion, parse_fusion(f.fusion));
+  if (f.deterministic && (uses_cost_model(fusion.kind) || f.dense_below == "auto")) {
+    // Cost-model plans come from measured timings, and the buckets decide how a dense allreduce
+    // splits its buffer, hence the order of its floating-point sums: fixed buckets instead.
+    if (uses_cost_model(fusion.kind)) fusion = FusionSpec{FusionKind::kBytes, size_t{25} << 20};
+    if (f.dense_below == "auto") f.dense_below = "64K";
+    f.fusion = fusion_to_string(fusion);  // the summary's config shows what ran
+  }
   o.fusion = fusion.kind;
   o.fusion_threshold_bytes = fusion.bytes;
   FRUGAL_ASSIGN_OR_RETURN(o.dense_below_bytes, parse_dense_below(f.dense_below));
@@ -362,12 +371,15 @@ void add_train_command(CLI::App& app, int& exit_code, const std::vector<std::str
                    "(0: off)")
       ->check(non_negative())
       ->capture_default_str();
+  train->add_flag("--deterministic", flags->deterministic,
+                  "Bit-reproducible runs: fixed fusion buckets (bytes:25) instead of a "
+                  "timing-based plan, so a run resumed from a checkpoint follows the same loss "
+                  "curve, bit for bit, as one that was never interrupted");
   CheckpointSettings& ck = o.checkpoint;
   train->add_option("--checkpoint-dir", ck.dir,
                     "Save checkpoints here (partitioned over the workers, crash-consistent; "
                     "the last one is saved after the final step)");
-  train
-      ->add_option("--checkpoint-every", ck.every_steps, "Save every N steps (0: only at the end)")
+  train->add_option("--checkpoint-every", ck.every_steps, "Save every N steps (0: only at the end)")
       ->check(non_negative())
       ->capture_default_str();
   train
@@ -379,8 +391,7 @@ void add_train_command(CLI::App& app, int& exit_code, const std::vector<std::str
   train->add_flag("--resume", ck.resume,
                   "Start from the newest valid checkpoint in --checkpoint-dir (from scratch if "
                   "there is none); any number of workers");
-  train
-      ->add_option("--checkpoint-keep", ck.keep, "Committed checkpoints kept")
+  train->add_option("--checkpoint-keep", ck.keep, "Committed checkpoints kept")
       ->check(positive())
       ->capture_default_str();
   train

@@ -309,6 +309,16 @@ void Synchronizer::log_plan(const PlanRequest& request) const {
   }
 }
 
+void Synchronizer::set_next_step(int64_t step) {
+  std::lock_guard lock(mutex_);
+  steps_begun_ = step;
+}
+
+void Synchronizer::import_compressor_state(StateDict state) {
+  std::lock_guard lock(mutex_);
+  pending_compressor_state_ = std::move(state);
+}
+
 Status Synchronizer::begin_step() {
   std::lock_guard lock(mutex_);
   if (!sticky_error_.is_ok()) {
@@ -324,6 +334,11 @@ Status Synchronizer::begin_step() {
                                 options_.profile_warmup_steps + options_.profile_steps) {
     // Both threads are idle between steps, so this thread may use the communicator.
     planned = replan_from_profile();
+  }
+  if (planned.is_ok() && pending_compressor_state_ && options_.compressor != nullptr) {
+    planned = options_.compressor->import_state(*pending_compressor_state_)
+                  .with_context("importing the checkpoint's compressor state");
+    pending_compressor_state_.reset();
   }
   if (!planned.is_ok()) {
     sticky_error_ = planned;

@@ -41,6 +41,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -142,6 +143,14 @@ class Synchronizer {
   // probes the link) and replans. Fails if a step is in progress, no tensor is registered, the
   // compressor rejects a tensor, or an earlier step failed.
   Status begin_step();
+  // The global step number the next begin_step starts, which compressors see in StepInfo
+  // (their sampling seeds and warm-up schedules depend on it): a run resumed from a checkpoint
+  // continues the count. Call between steps.
+  void set_next_step(int64_t step);
+  // Compressor state saved by a checkpoint (Compressor::export_state). The compressor learns its
+  // tensors when the buckets are planned, so the state is imported then, at the next
+  // begin_step; a failure to import fails that step.
+  void import_compressor_state(StateDict state);
 
   // Hands over tensor `id`'s gradient (f32, the registered shape). The memory must stay valid
   // and untouched by the caller until finish_step returns; it then holds the averaged gradient.
@@ -253,6 +262,7 @@ class Synchronizer {
   StepStats stats_;  // of the step in progress
   StepStats last_stats_;
   int64_t steps_begun_ = 0;
+  std::optional<StateDict> pending_compressor_state_;  // import_compressor_state, until planned
 
   // Last members: started after everything above is constructed.
   std::thread compress_thread_;

@@ -78,8 +78,7 @@ State& adam_state(torch::optim::Optimizer& optimizer, const torch::Tensor& param
 }
 
 template <typename State>
-OptimizerStateTensors adam_tensors(torch::optim::Optimizer& optimizer,
-                                   const torch::Tensor& param) {
+OptimizerStateTensors adam_tensors(torch::optim::Optimizer& optimizer, const torch::Tensor& param) {
   State& state = adam_state<State>(optimizer, param);
   OptimizerStateTensors out;
   out.tensors = {{"exp_avg", state.exp_avg()}, {"exp_avg_sq", state.exp_avg_sq()}};

@@ -36,7 +36,7 @@ struct OptimizerOptions {
 
 // Checkpoints (ckpt/): where, how often, and how they are written.
 struct CheckpointSettings {
-  std::string dir;  // empty: no checkpoints
+  std::string dir;              // empty: no checkpoints
   int64_t every_steps = 0;      // > 0: save every N steps
   double interval_seconds = 0;  // > 0: save about every T seconds of training (instead)
   bool resume = false;          // start from the newest valid checkpoint in dir, if any

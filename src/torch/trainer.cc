@@ -1,15 +1,15 @@
 #include "torch/trainer.h"
 
+#include <spdlog/spdlog.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 #include <torch/torch.h>
-#include <spdlog/spdlog.h>
 #include <xxhash.h>
 
 #include <algorithm>
-#include <cstring>
 #include <array>
+#include <cstring>
 #include <functional>
 #include <mutex>
 
@@ -151,11 +151,11 @@ struct Trainer::Impl {
   // Checkpoints (null when off).
   std::unique_ptr<TrainingState> state;
   std::unique_ptr<ckpt::Checkpointer> checkpointer;
-  int64_t start_step = 0;             // the step this process started at (resumed or 0)
-  int64_t resumed_from = -1;          // the restored checkpoint's step
-  int64_t steps_per_save = 0;         // agreed by every rank
-  int64_t next_save_step = 0;         // the next step at which to save (or calibrate)
-  bool interval_calibrated = false;   // --checkpoint-interval: steps_per_save measured
+  int64_t start_step = 0;            // the step this process started at (resumed or 0)
+  int64_t resumed_from = -1;         // the restored checkpoint's step
+  int64_t steps_per_save = 0;        // agreed by every rank
+  int64_t next_save_step = 0;        // the next step at which to save (or calibrate)
+  bool interval_calibrated = false;  // --checkpoint-interval: steps_per_save measured
   int64_t last_saved_step = -1;
   std::array<double, 2> epoch_loss_state{};  // per-rank cursor: the open epoch's loss sums
 };
@@ -313,16 +313,18 @@ Status Trainer::Impl::setup_checkpoints() {
     return invalid_argument("give --checkpoint-every or --checkpoint-interval, not both");
   }
   if (c.mode != "lazy" && c.mode != "async" && c.mode != "sync") {
-    return invalid_argument("--checkpoint-mode '" + c.mode + "' is invalid; valid: lazy, async, sync");
+    return invalid_argument("--checkpoint-mode '" + c.mode +
+                            "' is invalid; valid: lazy, async, sync");
   }
   std::vector<std::pair<std::string, torch::Tensor>> named_buffers;
   for (const auto& item : model->named_buffers()) {
     named_buffers.emplace_back(item.key(), item.value());
   }
   state = std::make_unique<TrainingState>(param_names, params, named_buffers, param_optimizers,
-                                          options.optimizer, compressor.get());
+                                          options.optimizer, compressor.get(), sync.get());
   // One run id for the job, so its temporary directories never mix with another run's.
-  std::string run_id = comm.rank() == 0 ? ckpt::make_run_id() : std::string(ckpt::kMaxRunIdLength, ' ');
+  std::string run_id =
+      comm.rank() == 0 ? ckpt::make_run_id() : std::string(ckpt::kMaxRunIdLength, ' ');
   FRUGAL_RETURN_IF_ERROR(
       comm.broadcast(MutableBytes(reinterpret_cast<std::byte*>(run_id.data()), run_id.size()), 0));
   ckpt::CheckpointerOptions co;
@@ -362,11 +364,11 @@ Status Trainer::Impl::resume() {
     FRUGAL_RETURN_IF_ERROR(state->apply(*restored));
   }
   FRUGAL_RETURN_IF_ERROR(apply_cursor(*restored));
+  sync->set_next_step(step_count);
   resumed_from = restored->manifest.step;
   if (comm.rank() == 0) {
-    spdlog::info("resumed from {} (step {} of {}, saved on {} ranks) in {:.2f} s",
-                 restored->path, step_count, total_steps, restored->manifest.world_size,
-                 restored->seconds);
+    spdlog::info("resumed from {} (step {} of {}, saved on {} ranks) in {:.2f} s", restored->path,
+                 step_count, total_steps, restored->manifest.world_size, restored->seconds);
   }
   return Status::ok();
 }
@@ -403,10 +405,10 @@ Status Trainer::Impl::apply_cursor(const ckpt::RestoredState& restored) {
     const int64_t position = (step % saved_spe) * saved_world * saved_batch;
     step_count = epoch * steps_per_epoch + std::min(position / global_batch, steps_per_epoch);
     if (comm.rank() == 0) {
-      spdlog::warn("checkpoint saved with {} workers x batch {}, resumed with {} x {}: the data "
-                   "stream goes on at step {} (epoch {}, sample {} of the epoch)",
-                   saved_world, saved_batch, comm.size(), options.batch_size, step_count, epoch,
-                   position);
+      spdlog::warn(
+          "checkpoint saved with {} workers x batch {}, resumed with {} x {}: the data "
+          "stream goes on at step {} (epoch {}, sample {} of the epoch)",
+          saved_world, saved_batch, comm.size(), options.batch_size, step_count, epoch, position);
     }
   }
   step_count = std::min(step_count, total_steps);

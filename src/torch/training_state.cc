@@ -10,10 +10,14 @@ constexpr std::string_view kCompressPrefix = "compress/";
 
 Result<DType> dtype_of(const torch::Tensor& t) {
   switch (t.scalar_type()) {
-    case torch::kFloat32: return DType::kF32;
-    case torch::kFloat64: return DType::kF64;
-    case torch::kInt64: return DType::kI64;
-    case torch::kInt32: return DType::kI32;
+    case torch::kFloat32:
+      return DType::kF32;
+    case torch::kFloat64:
+      return DType::kF64;
+    case torch::kInt64:
+      return DType::kI64;
+    case torch::kInt32:
+      return DType::kI32;
     default:
       return unimplemented(std::string("checkpointing a tensor of type ") +
                            c10::toString(t.scalar_type()));
@@ -36,11 +40,12 @@ TrainingState::TrainingState(
     const std::vector<std::string>& param_names, const std::vector<torch::Tensor>& params,
     const std::vector<std::pair<std::string, torch::Tensor>>& named_buffers,
     const std::vector<std::unique_ptr<torch::optim::Optimizer>>& optimizers,
-    const OptimizerOptions& optimizer_options, Compressor* compressor)
+    const OptimizerOptions& optimizer_options, Compressor* compressor, Synchronizer* sync)
     : params_(params),
       optimizers_(optimizers),
       optimizer_options_(optimizer_options),
-      compressor_(compressor) {
+      compressor_(compressor),
+      sync_(sync) {
   for (size_t i = 0; i < params.size(); ++i) {
     slots_.push_back({"param/" + param_names[i], params[i], true});
   }
@@ -106,15 +111,15 @@ Status TrainingState::apply(const ckpt::RestoredState& restored) {
       return failed_precondition("'" + slot.name + "' is " + describe(entry) +
                                  " in the checkpoint but " + describe(ours) + " here" + where);
     }
-    std::memcpy(slot.tensor.data_ptr(),
-                restored.replicated.data() + layout.offsets[it->second],
+    std::memcpy(slot.tensor.data_ptr(), restored.replicated.data() + layout.offsets[it->second],
                 static_cast<size_t>(entry.bytes));
     saved.erase(it);
   }
   if (!saved.empty()) {
     return failed_precondition("the checkpoint holds '" + saved.begin()->first +
                                "', which this run does not have: it was saved by another "
-                               "model or optimizer" + where);
+                               "model or optimizer" +
+                               where);
   }
   for (auto& [index, mirror] : step_mirrors_) {
     copy_step_counter(*optimizers_[index], optimizer_options_, params_[index], mirror,
@@ -127,7 +132,8 @@ Status TrainingState::apply(const ckpt::RestoredState& restored) {
     state[name.substr(kCompressPrefix.size())] =
         StateTensor{blob.info.dtype, blob.info.shape, blob.data};
   }
-  return compressor_->import_state(state).with_context("restoring the compressor's state");
+  sync_->import_compressor_state(std::move(state));
+  return Status::ok();
 }
 
 }  // namespace frugal

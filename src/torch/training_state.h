@@ -15,6 +15,7 @@
 #include "ckpt/restore.h"
 #include "compress/compressor.h"
 #include "core/status.h"
+#include "engine/synchronizer.h"
 #include "torch/optimizer.h"
 
 namespace frugal {
@@ -27,7 +28,8 @@ class TrainingState {
                 const std::vector<torch::Tensor>& params,
                 const std::vector<std::pair<std::string, torch::Tensor>>& named_buffers,
                 const std::vector<std::unique_ptr<torch::optim::Optimizer>>& optimizers,
-                const OptimizerOptions& optimizer_options, Compressor* compressor);
+                const OptimizerOptions& optimizer_options, Compressor* compressor,
+                Synchronizer* sync);
 
   // The current state as checkpoint sources. The data stays valid until the next call: Adam's
   // step counters and the compressor's exported state are copied into members here.
@@ -52,7 +54,8 @@ class TrainingState {
   const OptimizerOptions optimizer_options_;
   std::vector<std::pair<size_t, torch::Tensor>> step_mirrors_;  // (parameter index, mirror)
   Compressor* const compressor_;
-  StateDict exported_;  // the compressor's state at the last sources()
+  Synchronizer* const sync_;  // imports the compressor's state once it knows the tensors
+  StateDict exported_;        // the compressor's state at the last sources()
 };
 
 }  // namespace frugal
