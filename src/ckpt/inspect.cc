@@ -49,26 +49,12 @@ int64_t shard_files_bytes(const std::string& step_dir) {
   return total;
 }
 
-// Reads and parses the step directory's MANIFEST, and checks it is for `step` (if known).
-Result<Manifest> load_manifest(const std::string& step_dir, std::optional<int64_t> step) {
-  const std::string path = join_path(step_dir, kManifestName);
-  Result<std::string> text = read_small_file(path);
-  // A committed directory without a readable manifest has lost data.
-  if (!text.is_ok()) return data_loss(text.status().message());
-  FRUGAL_ASSIGN_OR_RETURN(Manifest manifest, parse_manifest(text.value(), path));
-  if (step && manifest.step != *step) {
-    return data_loss(path + ": field 'step' is " + std::to_string(manifest.step) +
-                     ", but the directory is " + base_name(step_dir));
-  }
-  return manifest;
-}
-
 CheckpointListing describe_checkpoint(const std::string& path, int64_t step) {
   CheckpointListing listing;
   listing.path = path;
   listing.step = step;
   listing.total_bytes = shard_files_bytes(path);
-  Result<Manifest> manifest = load_manifest(path, step);
+  Result<Manifest> manifest = load_manifest(path);
   if (manifest.is_ok()) {
     listing.manifest = std::move(manifest).value();
   } else {
@@ -148,6 +134,29 @@ Status check_shard_against_manifest(const std::string& path, const ShardInfo& in
 
 // Everything about one shard file, ending with every data chunk's hash.
 Result<int64_t> verify_shard(const std::string& step_dir, const Manifest& manifest, int rank) {
+  FRUGAL_ASSIGN_OR_RETURN(auto reader, open_checked_shard(step_dir, manifest, rank));
+  FRUGAL_RETURN_IF_ERROR(reader->verify_all());
+  return static_cast<int64_t>(reader->info().chunk_hashes.size());
+}
+
+}  // namespace
+
+Result<Manifest> load_manifest(const std::string& step_dir) {
+  const std::optional<int64_t> step = parse_step_dir_name(base_name(step_dir));
+  const std::string path = join_path(step_dir, kManifestName);
+  Result<std::string> text = read_small_file(path);
+  // A committed directory without a readable manifest has lost data.
+  if (!text.is_ok()) return data_loss(text.status().message());
+  FRUGAL_ASSIGN_OR_RETURN(Manifest manifest, parse_manifest(text.value(), path));
+  if (step && manifest.step != *step) {
+    return data_loss(path + ": field 'step' is " + std::to_string(manifest.step) +
+                     ", but the directory is " + base_name(step_dir));
+  }
+  return manifest;
+}
+
+Result<std::unique_ptr<ShardReader>> open_checked_shard(const std::string& step_dir,
+                                                        const Manifest& manifest, int rank) {
   const ManifestShard& expected = manifest.shards[static_cast<size_t>(rank)];
   const std::string path = join_path(step_dir, expected.file);
   Result<ShardInfo> info = read_shard_info(path);
@@ -157,13 +166,8 @@ Result<int64_t> verify_shard(const std::string& step_dir, const Manifest& manife
   }
   FRUGAL_RETURN_IF_ERROR(check_shard_identity(path, info->header, manifest, rank));
   FRUGAL_RETURN_IF_ERROR(check_shard_against_manifest(path, info.value(), expected));
-  const auto chunks = static_cast<int64_t>(info->chunk_hashes.size());
-  FRUGAL_ASSIGN_OR_RETURN(auto reader, ShardReader::open(path, std::move(info).value()));
-  FRUGAL_RETURN_IF_ERROR(reader->verify_all());
-  return chunks;
+  return ShardReader::open(path, std::move(info).value());
 }
-
-}  // namespace
 
 Result<DirectoryListing> list_checkpoints(const std::string& dir) {
   FRUGAL_RETURN_IF_ERROR(check_is_directory(dir));
@@ -190,8 +194,7 @@ Result<DirectoryListing> list_checkpoints(const std::string& dir) {
 
 Result<VerifySummary> verify_checkpoint_summary(const std::string& step_dir) {
   FRUGAL_RETURN_IF_ERROR(check_is_directory(step_dir));
-  FRUGAL_ASSIGN_OR_RETURN(Manifest manifest,
-                          load_manifest(step_dir, parse_step_dir_name(base_name(step_dir))));
+  FRUGAL_ASSIGN_OR_RETURN(Manifest manifest, load_manifest(step_dir));
   VerifySummary summary;
   summary.step = manifest.step;
   for (int rank = 0; rank < manifest.world_size; ++rank) {

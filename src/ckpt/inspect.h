@@ -2,11 +2,13 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "ckpt/manifest.h"
+#include "ckpt/shard_file.h"
 #include "core/status.h"
 
 namespace frugal::ckpt {
@@ -28,6 +30,15 @@ struct DirectoryListing {
 
 // Lists `dir` (a checkpoint root); reads manifests only. NotFound if `dir` does not exist.
 Result<DirectoryListing> list_checkpoints(const std::string& dir);
+
+// The step directory's MANIFEST, parsed, and checked against the directory's step number.
+Result<Manifest> load_manifest(const std::string& step_dir);
+
+// Opens shard `rank` of a committed checkpoint once its header and footer match what the
+// manifest committed: not missing, not of another run, step, rank or world size, and the same
+// size, footer hash, replicated range and records. Data chunks are checked as they are read.
+Result<std::unique_ptr<ShardReader>> open_checked_shard(const std::string& step_dir,
+                                                        const Manifest& manifest, int rank);
 
 // Full check of one committed step directory: the manifest's hash and fields, and for every
 // shard its header (run id, step, rank, world size), footer, footer hash against the manifest,

@@ -17,10 +17,6 @@ namespace {
 constexpr int64_t kWritePieceBytes = int64_t{64} << 20;  // between fault checkpoints
 constexpr std::string_view kFailedSuffix = ".failed";
 
-std::string join(const std::string& dir, std::string_view name) {
-  return dir + "/" + std::string(name);
-}
-
 void fire(const ShardJob& job, FaultPhase phase) {
   maybe_inject_fault(*job.fault, phase, job.header.rank, job.header.step);
 }
@@ -49,7 +45,7 @@ Result<ShardInfo> write_shard(const ShardJob& job, const std::string& tmp_path) 
 Result<ShardInfo> persist_shard(const ShardJob& job) {
   fire(job, FaultPhase::kHang);
   const std::string name = shard_file_name(job.header.rank, job.header.world_size);
-  const std::string path = join(job.tmp_dir, name);
+  const std::string path = join_path(job.tmp_dir, name);
   const std::string tmp_path = path + ".tmp";
   Status status = make_directories(job.tmp_dir);
   Result<ShardInfo> info = status.is_ok() ? write_shard(job, tmp_path) : Result<ShardInfo>(status);
@@ -76,7 +72,7 @@ Status wait_for_shards(const CommitJob& job) {
   for (;;) {
     int ready = 0;
     for (int r = 0; r < world; ++r) {
-      const std::string path = join(job.tmp_dir, shard_file_name(r, world));
+      const std::string path = join_path(job.tmp_dir, shard_file_name(r, world));
       if (exists(path)) {
         ++ready;
       } else if (exists(path + std::string(kFailedSuffix))) {
@@ -110,7 +106,7 @@ Result<Manifest> build_manifest(const CommitJob& job) {
   manifest.meta = job.meta;
   for (int r = 0; r < job.header.world_size; ++r) {
     const std::string file = shard_file_name(r, job.header.world_size);
-    FRUGAL_ASSIGN_OR_RETURN(ShardInfo info, read_shard_info(join(job.tmp_dir, file)));
+    FRUGAL_ASSIGN_OR_RETURN(ShardInfo info, read_shard_info(join_path(job.tmp_dir, file)));
     const ShardHeader& h = info.header;
     if (h.run_id != job.header.run_id || h.step != job.header.step || h.rank != r ||
         h.world_size != job.header.world_size || h.chunk_bytes != job.header.chunk_bytes) {
@@ -139,7 +135,7 @@ void fire(const CommitJob& job, FaultPhase phase) {
 
 // MANIFEST, durably. The manifest fault point tears the write of MANIFEST.tmp before dying.
 Status write_manifest(const CommitJob& job, const std::string& text) {
-  const std::string path = join(job.tmp_dir, kManifestName);
+  const std::string path = join_path(job.tmp_dir, kManifestName);
   if (*job.fault && (*job.fault)->phase == FaultPhase::kManifest) {
     (void)write_file_atomically(path + ".tmp.torn", text.substr(0, text.size() / 2));
     fire(job, FaultPhase::kManifest);
@@ -153,7 +149,7 @@ Status write_manifest(const CommitJob& job, const std::string& text) {
 Status publish_directory(const CommitJob& job, const std::string& final_dir) {
   if (exists(final_dir)) {
     const std::string aside =
-        join(job.root, tmp_step_dir_name(job.header.step, "replaced-" + job.header.run_id));
+        join_path(job.root, tmp_step_dir_name(job.header.step, "replaced-" + job.header.run_id));
     FRUGAL_RETURN_IF_ERROR(rename_durably(final_dir, aside));
   }
   return rename_durably(job.tmp_dir, final_dir);
@@ -163,7 +159,7 @@ Status publish_directory(const CommitJob& job, const std::string& final_dir) {
 
 Status commit_checkpoint(const CommitJob& job) {
   const std::string step_name = step_dir_name(job.header.step);
-  const std::string final_dir = join(job.root, step_name);
+  const std::string final_dir = join_path(job.root, step_name);
   Status status = [&]() -> Status {
     FRUGAL_RETURN_IF_ERROR(wait_for_shards(job));
     FRUGAL_ASSIGN_OR_RETURN(Manifest manifest, build_manifest(job));
@@ -177,7 +173,8 @@ Status commit_checkpoint(const CommitJob& job) {
   }
   fire(job, FaultPhase::kLatest);
   // LATEST is only a hint: a failure to update it loses nothing.
-  if (Status s = write_file_atomically(join(job.root, kLatestName), step_name + "\n"); !s.is_ok()) {
+  if (Status s = write_file_atomically(join_path(job.root, kLatestName), step_name + "\n");
+      !s.is_ok()) {
     spdlog::warn("checkpoint: could not update LATEST: {}", s.to_string());
   }
   return collect_garbage(job.root, job.keep, job.header.step, job.fault);
@@ -204,12 +201,14 @@ Status collect_garbage(const std::string& root, int keep, int64_t current_step,
   bool first = true;
   for (size_t i = 0; i < excess; ++i) {
     const std::string aside = tmp_step_dir_name(committed[i].first, "gc");
-    FRUGAL_RETURN_IF_ERROR(rename_durably(join(root, committed[i].second), join(root, aside)));
+    FRUGAL_RETURN_IF_ERROR(
+        rename_durably(join_path(root, committed[i].second), join_path(root, aside)));
     if (first) maybe_inject_fault(*fault, FaultPhase::kCleanup, 0, current_step);
     first = false;
     victims.push_back(aside);
   }
-  for (const std::string& name : victims) FRUGAL_RETURN_IF_ERROR(remove_tree(join(root, name)));
+  for (const std::string& name : victims)
+    FRUGAL_RETURN_IF_ERROR(remove_tree(join_path(root, name)));
   return Status::ok();
 }
 

@@ -6,41 +6,12 @@
 #include <cstring>
 
 #include "ckpt/files.h"
+#include "ckpt/inspect.h"
 #include "ckpt/shard_file.h"
 #include "core/clock.h"
 
 namespace frugal::ckpt {
 namespace {
-
-std::string join(const std::string& dir, std::string_view name) {
-  return dir + "/" + std::string(name);
-}
-
-// Opens shard `rank` of a checkpoint and checks that its header and footer are the ones the
-// manifest committed (so a shard of another run or step, or a rewritten one, is rejected).
-Result<std::unique_ptr<ShardReader>> open_checked_shard(const std::string& step_dir,
-                                                        const Manifest& manifest, int rank) {
-  const ManifestShard& expected = manifest.shards[static_cast<size_t>(rank)];
-  const std::string path = join(step_dir, expected.file);
-  FRUGAL_ASSIGN_OR_RETURN(ShardInfo info, read_shard_info(path));
-  const ShardHeader& h = info.header;
-  if (h.run_id != manifest.run_id || h.step != manifest.step || h.rank != rank ||
-      h.world_size != manifest.world_size) {
-    return data_loss(path + ": a shard of run " + h.run_id + " step " + std::to_string(h.step) +
-                     " rank " + std::to_string(h.rank) + ", not of this checkpoint (run " +
-                     manifest.run_id + " step " + std::to_string(manifest.step) + ")");
-  }
-  if (info.file_bytes != expected.file_bytes || info.footer_hash != expected.footer_hash) {
-    return data_loss(path + ": size or footer hash differs from the manifest's");
-  }
-  return ShardReader::open(path, std::move(info));
-}
-
-Result<Manifest> load_manifest(const std::string& step_dir) {
-  const std::string path = join(step_dir, kManifestName);
-  FRUGAL_ASSIGN_OR_RETURN(std::string text, read_small_file(path));
-  return parse_manifest(text, path);
-}
 
 // The manifest and every shard's header and footer; data chunks are checked as they are read.
 Result<Manifest> check_committed(const std::string& step_dir) {
@@ -56,7 +27,7 @@ Status remove_leftovers(const std::string& dir, const std::vector<std::string>& 
     const bool tmp_file = name.size() > 4 && name.ends_with(".tmp");
     if (!is_tmp_step_dir_name(name) && !tmp_file) continue;
     spdlog::info("checkpoint: removing {} (left by an unfinished save)", name);
-    FRUGAL_RETURN_IF_ERROR(remove_tree(join(dir, name)));
+    FRUGAL_RETURN_IF_ERROR(remove_tree(join_path(dir, name)));
   }
   return Status::ok();
 }
@@ -222,7 +193,7 @@ Result<std::optional<std::string>> find_latest_valid_before(const std::string& d
   }
   std::sort(committed.rbegin(), committed.rend());
   for (const auto& [step, name] : committed) {
-    const std::string path = join(dir, name);
+    const std::string path = join_path(dir, name);
     const Result<Manifest> checked = check_committed(path);
     if (checked.is_ok()) return std::optional<std::string>(path);
     if (warnings != nullptr) {
