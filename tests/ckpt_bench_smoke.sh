@@ -15,7 +15,7 @@ fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 plot=()
 if "$python" -c "import matplotlib" 2>/dev/null; then plot=(--plot "$work/ckpt.svg"); fi
 if ! timeout 60 "$frugal" bench ckpt --parameters 2e6 --saves 2 --forward-ms 20 \
-     --backward-ms 40 --dir "$work/runs" --json "$work/ckpt.json" "${plot[@]}" \
+     --backward-ms 40 --dir "$work/runs" --json "$work/ckpt.json" --trace "$work/tr" "${plot[@]}" \
      >"$work/out.md" 2>"$work/err.log"; then
   fail "run exited non-zero:"; sed 's/^/    /' "$work/out.md" "$work/err.log"
 fi
@@ -41,7 +41,13 @@ for m in d["modes"]:
         continue
     assert len(m["stall_ms"]) == 2 and m["stall_p99_ms"] >= m["stall_p50_ms"] > 0, m
     assert m["persist_bytes"] >= run["state_bytes"], m  # shards add headers and footers
+    assert len(m["persist_ms"]) == 2 and min(m["persist_ms"]) > 0, m
     assert m["persist_gbps"] > 0 and m["persist_vs_disk"] > 0, m
+    trace = json.load(open(f'{work}/tr.{m["mode"]}.trace.json'))
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    names = {e.get("name") for e in events if e.get("ph") == "X"}
+    pids = {e.get("pid") for e in events if e.get("ph") == "X"}
+    assert {"FORWARD", "BACKWARD", "PERSIST"} <= names and pids == {0, 1}, (m["mode"], names)
 assert [x["when"] for x in d["disk"]] == ["before", "after"] and d["disk_gbps"] > 0, d["disk"]
 assert [(r["ranks"], r["cache"]) for r in d["restores"]] == [(2, "cold"), (2, "warm"), (3, "cold")]
 for r in d["restores"]:
@@ -57,6 +63,21 @@ if plotted:
 print("ok: table, records, restores" + (" and plot" if plotted else ""))
 PY
 then fail "outputs of the run"; fi
+
+# --- A save every step (the last save is the one before the final step), one rank.
+if ! timeout 60 "$frugal" bench ckpt --parameters 1e5 --ranks 1 --saves 1 \
+     --steps-between-saves 1 --forward-ms 1 --backward-ms 1 --dir "$work/runs" \
+     --json "$work/every.json" >"$work/every.md" 2>&1; then
+  fail "--steps-between-saves 1 run exited non-zero:"; sed 's/^/    /' "$work/every.md"
+elif ! "$python" -c "import json,sys; d=json.load(open(sys.argv[1])); \
+assert [m['steps'] for m in d['modes']] == [2, 2, 2] and \
+[len(m['stall_ms']) for m in d['modes']] == [0, 1, 1] and \
+[r['ranks'] for r in d['restores']] == [1, 1, 2] and \
+all(r['step'] == 1 for r in d['restores'])" "$work/every.json"; then
+  fail "--steps-between-saves 1 run's JSON"
+else
+  echo "ok: a save every step on one rank"
+fi
 
 # --- Bad input: exit 2, one line naming the flag and what is valid.
 expect_error() {  # expect_error TEXT ARGS...: exits 2 and stderr contains TEXT

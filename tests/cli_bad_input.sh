@@ -59,6 +59,18 @@ expect_error "--fusion 'horovod' is unknown; valid: none, bytes:MB" X=1 -- "${tr
 expect_error "--fusion 'bytes:0': MB must be a number > 0" X=1 -- "${train[@]}" --fusion bytes:0
 expect_error "--dense-below '12Q' is invalid; valid: auto" X=1 -- "${train[@]}" --dense-below 12Q
 expect_error "--sync: maybe not in" X=1 -- "${train[@]}" --sync maybe
+# Checkpoints.
+expect_error "--resume, --checkpoint-every and --checkpoint-interval need --checkpoint-dir" X=1 -- "${train[@]}" --backend local --resume
+expect_error "give --checkpoint-every or --checkpoint-interval, not both" X=1 -- "${train[@]}" --backend local --checkpoint-dir /tmp/frugal-bad-ckpt --checkpoint-every 2 --checkpoint-interval 5
+expect_error "--checkpoint-mode: fast not in" X=1 -- "${train[@]}" --checkpoint-mode fast
+expect_error "--checkpoint-dir /proc/frugal" X=1 -- "${train[@]}" --backend local --checkpoint-dir /proc/frugal
+expect_error "FRUGAL_CKPT_FAULT='explode' is invalid; expected PHASE[@RANK][:STEP] with PHASE one of snapshot" FRUGAL_CKPT_FAULT=explode -- "${train[@]}" --checkpoint-dir /tmp/frugal-bad-ckpt
+# A checkpoint of another model: the error names the first entry that does not match.
+ckpt_dir=$(mktemp -d)
+timeout 120 "$frugal" train --backend local --workers 1 --steps 1 --batch-size 8 --no-eval --progress off --dataset synthetic --checkpoint-dir "$ckpt_dir" >/dev/null 2>&1
+expect_error "the checkpoint has no 'param/" X=1 -- train --backend local --workers 1 --steps 2 --batch-size 8 --no-eval --progress off --dataset synthetic --model cnn --checkpoint-dir "$ckpt_dir" --resume
+expect_error "holds checkpoints of another run (newest: step 1); pass --resume" X=1 -- train --backend local --workers 1 --steps 2 --batch-size 8 --no-eval --progress off --dataset synthetic --checkpoint-dir "$ckpt_dir"
+rm -rf "$ckpt_dir" /tmp/frugal-bad-ckpt
 
-echo "$((26 - failures)) passed, $failures failed"
+echo "$((33 - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

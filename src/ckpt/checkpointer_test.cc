@@ -11,6 +11,7 @@
 
 #include "ckpt/checkpointer.h"
 #include "ckpt/files.h"
+#include "ckpt/persist.h"
 #include "ckpt/restore.h"
 #include "comm/testing/rank_runner.h"
 
@@ -248,6 +249,19 @@ TEST_F(CheckpointTest, HungRankMakesTheCommitTimeOutWithoutDeadlock) {
   EXPECT_TRUE(fs::exists(dir_ + "/" + step_dir_name(2)));
   // The late shard of the abandoned save is a leftover that the next commit removed.
   EXPECT_FALSE(fs::exists(dir_ + "/" + tmp_step_dir_name(1, "testrun")));
+}
+
+TEST_F(CheckpointTest, CollectionRemovesSupersededNewerStepsAndKeepsThisSave) {
+  // Step 9 is from before a resume at step 4 (a restore skipped it); the old leftover goes too.
+  for (const std::string name :
+       {step_dir_name(2), step_dir_name(4), step_dir_name(9), tmp_step_dir_name(3, "crashed")}) {
+    fs::create_directories(dir_ + "/" + name);
+  }
+  const std::optional<FaultPlan> no_fault;
+  ASSERT_TRUE(collect_garbage(dir_, 1, 4, &no_fault).is_ok());
+  auto names = list_directory(dir_);
+  ASSERT_TRUE(names.is_ok());
+  EXPECT_EQ(names.value(), std::vector<std::string>{step_dir_name(4)});
 }
 
 TEST_F(CheckpointTest, EmptyDirectoryRestoresNothing) {

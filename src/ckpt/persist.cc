@@ -147,12 +147,12 @@ Status write_manifest(const CommitJob& job, const std::string& text) {
 // restore skipped as invalid) is first moved aside as a leftover, never deleted before the new
 // one is in place.
 Status publish_directory(const CommitJob& job, const std::string& final_dir) {
-  if (exists(final_dir)) {
-    const std::string aside =
-        join_path(job.root, tmp_step_dir_name(job.header.step, "replaced-" + job.header.run_id));
-    FRUGAL_RETURN_IF_ERROR(rename_durably(final_dir, aside));
-  }
-  return rename_durably(job.tmp_dir, final_dir);
+  if (!exists(final_dir)) return rename_durably(job.tmp_dir, final_dir);
+  const std::string aside =
+      join_path(job.root, tmp_step_dir_name(job.header.step, "replaced-" + job.header.run_id));
+  FRUGAL_RETURN_IF_ERROR(rename_durably(final_dir, aside));
+  FRUGAL_RETURN_IF_ERROR(rename_durably(job.tmp_dir, final_dir));
+  return remove_tree(aside);
 }
 
 }  // namespace
@@ -177,7 +177,11 @@ Status commit_checkpoint(const CommitJob& job) {
       !s.is_ok()) {
     spdlog::warn("checkpoint: could not update LATEST: {}", s.to_string());
   }
-  return collect_garbage(job.root, job.keep, job.header.step, job.fault);
+  // The save is committed; failing to remove old ones only costs space.
+  if (Status s = collect_garbage(job.root, job.keep, job.header.step, job.fault); !s.is_ok()) {
+    spdlog::warn("checkpoint: could not remove old checkpoints: {}", s.to_string());
+  }
+  return Status::ok();
 }
 
 Status collect_garbage(const std::string& root, int keep, int64_t current_step,
@@ -194,21 +198,25 @@ Status collect_garbage(const std::string& root, int keep, int64_t current_step,
       if (step && *step < current_step) victims.push_back(name);
     }
   }
-  std::sort(committed.begin(), committed.end());
-  const size_t excess = committed.size() > static_cast<size_t>(keep)
-                            ? committed.size() - static_cast<size_t>(keep)
-                            : 0;
-  bool first = true;
-  for (size_t i = 0; i < excess; ++i) {
-    const std::string aside = tmp_step_dir_name(committed[i].first, "gc");
-    FRUGAL_RETURN_IF_ERROR(
-        rename_durably(join_path(root, committed[i].second), join_path(root, aside)));
-    if (first) maybe_inject_fault(*fault, FaultPhase::kCleanup, 0, current_step);
-    first = false;
-    victims.push_back(aside);
-  }
+  // Leftovers first: a crashed collection may have left the very name a victim is renamed to.
   for (const std::string& name : victims)
     FRUGAL_RETURN_IF_ERROR(remove_tree(join_path(root, name)));
+  // Steps newer than this save come from before a resume (the restore skipped them as invalid):
+  // they are superseded. Of the rest the newest `keep` stay, this save first among them.
+  std::sort(committed.rbegin(), committed.rend());
+  std::vector<std::pair<int64_t, std::string>> doomed;
+  int kept = 0;
+  for (const auto& entry : committed) {
+    if (entry.first > current_step || ++kept > keep) doomed.push_back(entry);
+  }
+  bool first = true;
+  for (const auto& [step, name] : doomed) {
+    const std::string aside = join_path(root, tmp_step_dir_name(step, "gc"));
+    FRUGAL_RETURN_IF_ERROR(rename_durably(join_path(root, name), aside));
+    if (first) maybe_inject_fault(*fault, FaultPhase::kCleanup, 0, current_step);
+    first = false;
+    FRUGAL_RETURN_IF_ERROR(remove_tree(aside));
+  }
   return Status::ok();
 }
 

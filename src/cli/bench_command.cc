@@ -481,6 +481,10 @@ void add_ckpt_bench_command(CLI::App& bench, int& exit_code) {
       ->capture_default_str();
   ckpt->add_option("--json", flags->json_path, "Write {run, modes, disk, restores, targets}")
       ->type_name("FILE");
+  ckpt->add_option("--trace", o.trace_prefix,
+                   "Write a Chrome trace of every rank per mode to PREFIX.<mode>.trace.json "
+                   "(forward, backward, snapshot copies, persists)")
+      ->type_name("PREFIX");
   ckpt->add_option("--plot", flags->plot_path,
                    "Draw stall per mode and the throughputs into this SVG "
                    "(bench/plot_results.py, python3-matplotlib)")

@@ -14,6 +14,7 @@
 #include <mutex>
 
 #include "ckpt/checkpointer.h"
+#include "ckpt/files.h"
 #include "ckpt/restore.h"
 #include "compress/registry.h"
 #include "core/clock.h"
@@ -104,6 +105,7 @@ struct Trainer::Impl {
   // Called by autograd once parameter `index`'s gradient is accumulated.
   void on_grad_ready(size_t index);
   Status setup_checkpoints();
+  Status refuse_foreign_checkpoints();
   Status resume();
   Status apply_cursor(const ckpt::RestoredState& restored);
   // After each step: saves when one is due (always after the last step) and, at the end, waits
@@ -316,6 +318,7 @@ Status Trainer::Impl::setup_checkpoints() {
     return invalid_argument("--checkpoint-mode '" + c.mode +
                             "' is invalid; valid: lazy, async, sync");
   }
+  FRUGAL_RETURN_IF_ERROR(refuse_foreign_checkpoints());
   std::vector<std::pair<std::string, torch::Tensor>> named_buffers;
   for (const auto& item : model->named_buffers()) {
     named_buffers.emplace_back(item.key(), item.value());
@@ -349,6 +352,26 @@ Status Trainer::Impl::setup_checkpoints() {
     next_save_step = step_count + kIntervalCalibrationSteps;  // first, measure the step time
   }
   return Status::ok();
+}
+
+// Without --resume, a directory that already holds checkpoints belongs to another run: saving
+// into it would mix the runs and collect that run's checkpoints as old ones. Rank 0 looks (the
+// directory may be local to its host) and every rank gets its answer.
+Status Trainer::Impl::refuse_foreign_checkpoints() {
+  if (options.checkpoint.resume) return Status::ok();
+  std::vector<int64_t> newest{-1};
+  if (comm.rank() == 0) {
+    auto listed = ckpt::list_directory(options.checkpoint.dir);
+    for (const std::string& name : listed.is_ok() ? listed.value() : std::vector<std::string>{}) {
+      newest[0] = std::max(newest[0], ckpt::parse_step_dir_name(name).value_or(-1));
+    }
+  }
+  FRUGAL_RETURN_IF_ERROR(comm.broadcast(bytes_of(newest), 0));
+  if (newest[0] < 0) return Status::ok();
+  return failed_precondition("--checkpoint-dir " + options.checkpoint.dir +
+                             " holds checkpoints of another run (newest: step " +
+                             std::to_string(newest[0]) +
+                             "); pass --resume to continue it, or choose another directory");
 }
 
 Status Trainer::Impl::resume() {
