@@ -27,6 +27,7 @@
 #include "comm/factory.h"
 #include "core/clock.h"
 #include "core/stats.h"
+#include "core/timeline.h"
 
 namespace frugal::bench {
 namespace {
@@ -137,14 +138,17 @@ void apply_update(std::span<float> state, const ckpt::PackedLayout& layout, int6
 // copy's memory traffic behind its own.
 class BusyWork {
  public:
-  // The best rate of a few trials of at least 20 ms on this thread: an undisturbed core's.
+  // The median rate of trials of at least 50 ms on this thread (a shared machine disturbs
+  // single trials either way).
   void calibrate() {
     int64_t passes = 16;
-    while (seconds_of([&] { run_passes(passes); }) < 0.02) passes *= 2;
-    for (int trial = 0; trial < 3; ++trial) {
+    while (seconds_of([&] { run_passes(passes); }) < 0.05) passes *= 2;
+    std::vector<double> rates;
+    for (int trial = 0; trial < 5; ++trial) {
       const double ms = 1e3 * seconds_of([&] { run_passes(passes); });
-      passes_per_ms_ = std::max(passes_per_ms_, static_cast<double>(passes) / ms);
+      rates.push_back(static_cast<double>(passes) / ms);
     }
+    passes_per_ms_ = median(rates);
   }
   // About `ms` of work on an undisturbed core; longer when the core is shared.
   void run_ms(double ms) { run_passes(std::llround(ms * passes_per_ms_)); }
@@ -178,6 +182,8 @@ struct SaveStall {
 };
 
 struct RankRun {
+  // The Checkpointer's SNAPSHOT and PERSIST events and the loop's own phases (lane 0).
+  std::unique_ptr<Timeline> timeline;
   std::vector<SaveStall> saves;
   std::vector<double> step_s;
   double forward_s = 0;
@@ -186,8 +192,9 @@ struct RankRun {
 };
 
 struct StepPlan {
-  int steps = 0;
+  int steps = 0;  // last_save_step + 1, so that the last save's before_update() is measured
   int steps_between_saves = 0;
+  int last_save_step = 0;
   double forward_ms = 0;
   double backward_ms = 0;
 };
@@ -215,6 +222,15 @@ Result<SaveStall> save_step(ckpt::Checkpointer& ckpt, int64_t step,
   return stall;
 }
 
+// `ms` of work, recorded on the training thread's lane; returns the seconds it took.
+double traced_work(BusyWork& work, double ms, std::string_view name, Timeline& timeline) {
+  const int64_t start_us = now_us();
+  work.run_ms(ms);
+  const int64_t took_us = now_us() - start_us;
+  timeline.record(name, start_us, took_us);
+  return static_cast<double>(took_us) * 1e-6;
+}
+
 // One rank's steps of one mode (`ckpt` null: the baseline). The stall of a save is closed by
 // the next step's before_update(); every step ends with a barrier, as the gradient allreduce
 // would synchronize it, so a slow rank holds up all.
@@ -226,9 +242,9 @@ Status train_steps(Communicator& comm, RankState& state, const ckpt::PackedLayou
     const auto step_start = SteadyClock::now();
     double marks_s = 0;
     if (ckpt) marks_s += seconds_of([&] { ckpt->forward_begins(); });
-    run.forward_s += seconds_of([&] { state.work.run_ms(plan.forward_ms); });
+    run.forward_s += traced_work(state.work, plan.forward_ms, phase::kForward, *run.timeline);
     if (ckpt) marks_s += seconds_of([&] { ckpt->backward_begins(); });
-    run.backward_s += seconds_of([&] { state.work.run_ms(plan.backward_ms); });
+    run.backward_s += traced_work(state.work, plan.backward_ms, phase::kBackward, *run.timeline);
     if (ckpt) {
       const double blocked = seconds_of([&] { ckpt->before_update(); });
       if (pending) {
@@ -239,7 +255,7 @@ Status train_steps(Communicator& comm, RankState& state, const ckpt::PackedLayou
       }
     }
     apply_update(state.span(), layout, step);
-    if (ckpt && step % plan.steps_between_saves == 0) {
+    if (ckpt && step % plan.steps_between_saves == 0 && step <= plan.last_save_step) {
       FRUGAL_ASSIGN_OR_RETURN(pending, save_step(*ckpt, step, sources));
     }
     FRUGAL_RETURN_IF_ERROR(comm.barrier());
@@ -323,6 +339,21 @@ Status check_saves(const std::string& mode, const std::vector<RankRun>& runs, in
   return Status::ok();
 }
 
+// Per save, the longest write + fsync of a shard over the ranks (the Checkpointer's PERSIST
+// events, one per save and rank, in save order; every save of a mode writes the same bytes).
+std::vector<double> persist_ms_per_save(const std::vector<RankRun>& runs, size_t saves) {
+  std::vector<double> out(saves, 0.0);
+  for (const RankRun& run : runs) {
+    size_t i = 0;
+    for (const TraceEvent& event : run.timeline->events()) {
+      if (event.name != phase::kPersist || i >= saves) continue;
+      out[i] = std::max(out[i], static_cast<double>(event.duration_us) * 1e-3);
+      ++i;
+    }
+  }
+  return out;
+}
+
 CkptModeResult summarize_mode(const std::string& mode, const StepPlan& plan,
                               const std::vector<RankRun>& runs, int saves) {
   CkptModeResult result;
@@ -341,12 +372,12 @@ CkptModeResult summarize_mode(const std::string& mode, const StepPlan& plan,
   result.step_mean_ms = mean(result.step_ms);
   result.forward_ms = 1e3 * runs[0].forward_s / plan.steps;
   result.backward_ms = 1e3 * runs[0].backward_s / plan.steps;
-  for (const RankRun& run : runs) {
-    result.persist_bytes += run.stats.last_shard_bytes;
-    result.persist_seconds = std::max(result.persist_seconds, run.stats.last_persist_seconds);
-  }
-  if (result.persist_seconds > 0) {
-    result.persist_gbps = static_cast<double>(result.persist_bytes) / result.persist_seconds / kGB;
+  for (const RankRun& run : runs) result.persist_bytes += run.stats.last_shard_bytes;
+  result.persist_ms = persist_ms_per_save(runs, n);
+  result.persist_p50_ms = median(result.persist_ms);
+  if (result.persist_p50_ms > 0) {
+    result.persist_gbps =
+        static_cast<double>(result.persist_bytes) / (result.persist_p50_ms * 1e-3) / kGB;
   }
   return result;
 }
@@ -377,41 +408,56 @@ Status prepare_ranks(Setup& setup) {
   });
 }
 
+// One rank of one mode: the state from its start, a Checkpointer (none for the baseline) and
+// the steps, all ranks starting together.
+Status run_mode_rank(Communicator& comm, Setup& setup, const std::string& mode,
+                     const ckpt::CheckpointerOptions& ckpt_options, RankRun& run) {
+  const int r = comm.rank();
+  RankState& state = setup.states[static_cast<size_t>(r)];
+  fill_state(state.span());  // every mode trains the same state from the same start
+  run.timeline = std::make_unique<Timeline>(r, /*enabled=*/true);
+  std::unique_ptr<ckpt::Checkpointer> ckpt;
+  if (mode != "none") {
+    FRUGAL_ASSIGN_OR_RETURN(
+        ckpt, ckpt::Checkpointer::create(r, setup.options.ranks, ckpt_options, run.timeline.get()));
+    // As the trainer does: the host buffer is allocated before training, not in the first save.
+    ckpt->prepare(make_sources(setup.layout, state.data.get()));
+  }
+  FRUGAL_RETURN_IF_ERROR(comm.barrier());
+  return train_steps(comm, state, setup.layout, setup.plan, ckpt.get(), run);
+}
+
 Result<CkptModeResult> run_mode(Setup& setup, const std::string& mode) {
-  const int ranks = setup.options.ranks;
-  std::vector<RankRun> runs(static_cast<size_t>(ranks));
+  std::vector<RankRun> runs(static_cast<size_t>(setup.options.ranks));
   ckpt::CheckpointerOptions ckpt_options;
   ckpt_options.dir = setup.dir + "/" + mode;
   ckpt_options.run_id = ckpt::make_run_id();
   ckpt_options.chunk_bytes = setup.options.chunk_bytes;
   ckpt_options.async = mode == "async";
   ckpt_options.meta = {{"benchmark", "frugal bench ckpt"}, {"mode", mode}};
-  FRUGAL_RETURN_IF_ERROR(
-      run_ranks(ranks, [&](Communicator& comm) -> Status {
-        const int r = comm.rank();
-        RankState& state = setup.states[static_cast<size_t>(r)];
-        fill_state(state.span());  // every mode trains the same state from the same start
-        std::unique_ptr<ckpt::Checkpointer> ckpt;
-        if (mode != "none") {
-          FRUGAL_ASSIGN_OR_RETURN(ckpt, ckpt::Checkpointer::create(r, ranks, ckpt_options));
-        }
-        FRUGAL_RETURN_IF_ERROR(comm.barrier());
-        return train_steps(comm, state, setup.layout, setup.plan, ckpt.get(),
-                           runs[static_cast<size_t>(r)]);
-      }).with_context(mode + " mode"));
+  Status status = run_ranks(setup.options.ranks, [&](Communicator& comm) {
+    return run_mode_rank(comm, setup, mode, ckpt_options, runs[static_cast<size_t>(comm.rank())]);
+  });
+  FRUGAL_RETURN_IF_ERROR(status.with_context(mode + " mode"));
+  if (!setup.options.trace_prefix.empty()) {
+    std::vector<std::string> arrays;
+    for (const RankRun& run : runs) arrays.push_back(run.timeline->to_json());
+    FRUGAL_RETURN_IF_ERROR(
+        write_chrome_trace(setup.options.trace_prefix + "." + mode + ".trace.json", arrays));
+  }
   if (mode != "none") FRUGAL_RETURN_IF_ERROR(check_saves(mode, runs, setup.options.saves));
   return summarize_mode(mode, setup.plan, runs, setup.options.saves);
 }
 
-// write(2) of all `bytes` from `block` repeated.
-Status write_repeated(int fd, int64_t bytes, std::span<const std::byte> block,
-                      const std::string& path) {
-  while (bytes > 0) {
-    const auto size = static_cast<size_t>(std::min<int64_t>(bytes, std::ssize(block)));
-    const ssize_t written = ::write(fd, block.data(), size);
+// write(2) of all of `data` in calls of at most `write_bytes`.
+Status write_all(int fd, std::span<const std::byte> data, int64_t write_bytes,
+                 const std::string& path) {
+  while (!data.empty()) {
+    const auto size = static_cast<size_t>(std::min<int64_t>(std::ssize(data), write_bytes));
+    const ssize_t written = ::write(fd, data.data(), size);
     if (written < 0 && errno == EINTR) continue;
     if (written <= 0) return unavailable("disk baseline: write " + path + ": " + strerror(errno));
-    bytes -= written;
+    data = data.subspan(static_cast<size_t>(written));
   }
   return Status::ok();
 }
@@ -420,14 +466,14 @@ struct WriterSpan {
   SteadyClock::time_point start, end;
 };
 
-// One disk-baseline writer: `bytes` to a new file in large writes, then fsync, timed.
-Result<WriterSpan> write_and_fsync(const std::string& path, int64_t bytes,
-                                   std::span<const std::byte> block, std::latch& start_line) {
+// One disk-baseline writer: `data` to a new file in large writes, then fsync, timed.
+Result<WriterSpan> write_and_fsync(const std::string& path, std::span<const std::byte> data,
+                                   int64_t write_bytes, std::latch& start_line) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return unavailable("disk baseline: open " + path + ": " + strerror(errno));
   start_line.arrive_and_wait();
   WriterSpan span{SteadyClock::now(), {}};
-  Status status = write_repeated(fd, bytes, block, path);
+  Status status = write_all(fd, data, write_bytes, path);
   if (status.is_ok() && ::fsync(fd) != 0) {
     status = unavailable("disk baseline: fsync " + path + ": " + strerror(errno));
   }
@@ -438,12 +484,10 @@ Result<WriterSpan> write_and_fsync(const std::string& path, int64_t bytes,
 }
 
 // The disk's sequential write + fsync bandwidth as the checkpoint uses it: one writer per rank,
-// each writing that rank's shard size, concurrently, in the run's directory.
+// concurrently, each writing that rank's share of its own state (so the copy into the page
+// cache reads memory as the persist does) to a file in the run's directory.
 Result<CkptDiskResult> measure_disk(const Setup& setup, const std::string& when) {
   const int writers = setup.options.ranks;
-  std::vector<std::byte> block(static_cast<size_t>(setup.options.disk_write_bytes));
-  // Not zeros, in case a layer below would treat zero pages specially.
-  for (size_t i = 0; i < block.size(); ++i) block[i] = static_cast<std::byte>((i * 131) >> 3);
   const std::string dir = setup.dir + "/disk-baseline";
   FRUGAL_RETURN_IF_ERROR(ckpt::make_directories(dir));
   std::latch start_line(writers);
@@ -451,12 +495,14 @@ Result<CkptDiskResult> measure_disk(const Setup& setup, const std::string& when)
   CkptDiskResult result{when, writers, 0, 0, 0};
   std::vector<std::thread> threads;
   for (int r = 0; r < writers; ++r) {
-    const int64_t bytes =
-        ckpt::partition(setup.layout.total, r, writers, setup.options.chunk_bytes).size();
-    result.bytes += bytes;
-    threads.emplace_back([&, r, bytes] {
-      spans[static_cast<size_t>(r)] =
-          write_and_fsync(fmt::format("{}/writer-{}.bin", dir, r), bytes, block, start_line);
+    const ckpt::ByteRange share =
+        ckpt::partition(setup.layout.total, r, writers, setup.options.chunk_bytes);
+    const auto* state = reinterpret_cast<const std::byte*>(setup.states[r].data.get());
+    const std::span<const std::byte> data(state + share.lo, static_cast<size_t>(share.size()));
+    result.bytes += share.size();
+    threads.emplace_back([&, r, data] {
+      spans[static_cast<size_t>(r)] = write_and_fsync(fmt::format("{}/writer-{}.bin", dir, r), data,
+                                                      setup.options.disk_write_bytes, start_line);
     });
   }
   for (auto& t : threads) t.join();
@@ -658,17 +704,18 @@ std::string met_text(bool met) { return met ? "met" : "**missed**"; }
 std::string mode_rows(const CkptBenchResult& result) {
   std::string out =
       "| mode | stall p50 (ms) | stall p99 (ms) | wait for previous p50 (ms) | save() p50 (ms) | "
-      "before_update p50 (ms) | step mean (ms) | vs no checkpoint | persist (GB/s) | vs disk "
-      "|\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+      "before_update p50 (ms) | step mean (ms) | of which work (ms) | vs no checkpoint | persist "
+      "(GB/s) | vs disk |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   for (const CkptModeResult& m : result.modes) {
     const bool saves = m.mode != "none";
     auto ms = [&](double value) { return saves ? fmt::format("{:.1f}", value) : "-"; };
-    out += fmt::format("| {} | {} | {} | {} | {} | {} | {:.1f} | {} | {} | {} |\n", m.mode,
-                       ms(m.stall_p50_ms), ms(m.stall_p99_ms), ms(median(m.wait_ms)),
-                       ms(median(m.save_ms)), ms(median(m.before_update_ms)), m.step_mean_ms,
-                       optional_text(m.step_change_percent, "{:+.1f}%"),
-                       saves ? fmt::format("{:.2f}", m.persist_gbps) : "-",
-                       optional_text(m.persist_vs_disk, "{:.2f}x"));
+    out +=
+        fmt::format("| {} | {} | {} | {} | {} | {} | {:.1f} | {:.1f} | {} | {} | {} |\n", m.mode,
+                    ms(m.stall_p50_ms), ms(m.stall_p99_ms), ms(median(m.wait_ms)),
+                    ms(median(m.save_ms)), ms(median(m.before_update_ms)), m.step_mean_ms,
+                    m.forward_ms + m.backward_ms, optional_text(m.step_change_percent, "{:+.1f}%"),
+                    saves ? fmt::format("{:.2f}", m.persist_gbps) : "-",
+                    optional_text(m.persist_vs_disk, "{:.2f}x"));
   }
   return out;
 }
@@ -686,8 +733,8 @@ std::string throughput_rows(const CkptBenchResult& result) {
   }
   for (const CkptModeResult& m : result.modes) {
     if (m.mode == "none") continue;
-    row(fmt::format("persist, {} (last save: write + fsync of every shard)", m.mode),
-        m.persist_bytes, m.persist_seconds, m.persist_gbps);
+    row(fmt::format("persist, {} (write + fsync of every shard, p50 of saves)", m.mode),
+        m.persist_bytes, m.persist_p50_ms * 1e-3, m.persist_gbps);
   }
   for (const CkptRestoreResult& r : result.restores) {
     row(restore_label(r), r.bytes, r.seconds, r.gbps);
@@ -773,23 +820,30 @@ Result<CkptBenchResult> run_ckpt_bench(const CkptBenchOptions& options,
   result.steps_between_saves_auto = !options.steps_between_saves.has_value();
   result.steps_between_saves = options.steps_between_saves.value_or(
       auto_steps_between_saves(options, result.state_bytes, disk_before.gbps));
-  // One step after the last save, so that its before_update() is part of its stall.
-  setup.plan = StepPlan{options.saves * result.steps_between_saves + 1, result.steps_between_saves,
-                        options.forward_ms, options.backward_ms};
+  setup.plan.steps_between_saves = result.steps_between_saves;
+  setup.plan.last_save_step = options.saves * result.steps_between_saves;
+  setup.plan.steps = setup.plan.last_save_step + 1;
+  setup.plan.forward_ms = options.forward_ms;
+  setup.plan.backward_ms = options.backward_ms;
 
+  // The disk is measured again between and after the saving modes, because a shared disk's
+  // bandwidth drifts; the reference is the median of the three.
   for (const char* mode : {"none", "sync", "async"}) {
     say(fmt::format("{} mode: {} steps", mode, setup.plan.steps));
     FRUGAL_ASSIGN_OR_RETURN(CkptModeResult m, run_mode(setup, mode));
     result.modes.push_back(std::move(m));
+    if (result.modes.back().mode == "none") continue;
+    const std::string when = result.modes.back().mode == "sync" ? "between" : "after";
+    say("disk baseline (" + when + " the saves)");
+    FRUGAL_ASSIGN_OR_RETURN(CkptDiskResult disk, measure_disk(setup, when));
+    result.disk.push_back(disk);
   }
-  say("disk baseline (after the saves)");
-  FRUGAL_ASSIGN_OR_RETURN(CkptDiskResult disk_after, measure_disk(setup, "after"));
-  result.disk.push_back(disk_after);
-  result.disk_gbps = std::max(disk_before.gbps, disk_after.gbps);
+  std::vector<double> disk_gbps;
+  for (const CkptDiskResult& d : result.disk) disk_gbps.push_back(d.gbps);
+  result.disk_gbps = median(disk_gbps);
 
   say("restores");
-  const int64_t last_save_step = int64_t{options.saves} * result.steps_between_saves;
-  FRUGAL_ASSIGN_OR_RETURN(result.restores, run_restores(setup, last_save_step));
+  FRUGAL_ASSIGN_OR_RETURN(result.restores, run_restores(setup, setup.plan.last_save_step));
 
   const double baseline_ms = result.modes[0].step_mean_ms;
   for (CkptModeResult& m : result.modes) {
@@ -818,7 +872,10 @@ std::string format_markdown(const CkptBenchResult& result) {
       "Each step: forward {:.0f} ms + backward {:.0f} ms of CPU work (measured without "
       "checkpoints: {:.1f} + {:.1f} ms), the update, a barrier. A save every {} steps{}, {} "
       "saves per mode, {} steps per mode. Stall: time the training thread was blocked per save "
-      "(wait + save() + the next before_update()), maximum over ranks.\n\n",
+      "(wait + save() + the next before_update()), maximum over ranks. Work: the measured "
+      "forward + backward per step of rank 0 (a fixed amount of work: longer when the CPU is "
+      "shared or slower). Persist and restore throughputs are compared with the median of the "
+      "disk measurements.\n\n",
       o.forward_ms, o.backward_ms, baseline.forward_ms, baseline.backward_ms,
       result.steps_between_saves,
       result.steps_between_saves_auto ? " (auto: 1.5 x the persist time the disk predicts)" : "",
@@ -873,7 +930,8 @@ std::string format_json(const CkptBenchResult& result) {
                      {"backward_ms", m.backward_ms},
                      {"step_change_percent", optional_json(m.step_change_percent)},
                      {"persist_bytes", m.persist_bytes},
-                     {"persist_seconds", m.persist_seconds},
+                     {"persist_ms", m.persist_ms},
+                     {"persist_p50_ms", m.persist_p50_ms},
                      {"persist_gbps", m.persist_gbps},
                      {"persist_vs_disk", optional_json(m.persist_vs_disk)}});
   }

@@ -8,10 +8,10 @@
 // (the baseline), with synchronous saves and with asynchronous ones. Reported per mode: the
 // training thread's stall per save (p50, p99), the mean step time against the baseline, and
 // the persist throughput against the disk's sequential write + fsync bandwidth, measured by as
-// many writers as ranks in the same directory. Then the newest asynchronous checkpoint is
-// restored (on as many ranks, and resharded onto one more) with the page cache dropped and
-// warm, and every restored byte is compared with the state at the saved step: a torn snapshot
-// fails the benchmark.
+// many writers as ranks in the same directory before, between and after the saving modes. Then
+// the newest asynchronous checkpoint is restored (on as many ranks, and resharded onto one
+// more) with the page cache dropped and warm, and every restored byte is compared with the
+// state at the saved step: a torn snapshot fails the benchmark.
 //
 // Not thread-safe (one run at a time); starts its own threads and local communicators.
 #pragma once
@@ -41,6 +41,8 @@ struct CkptBenchOptions {
   bool keep_files = false;              // keep that directory (and print where it is)
   int64_t chunk_bytes = int64_t{4} << 20;
   int64_t disk_write_bytes = int64_t{8} << 20;  // write(2) size of the disk baseline
+  // Non-empty: a Chrome trace of every rank per mode to PREFIX.<mode>.trace.json.
+  std::string trace_prefix;
 };
 
 // One mode of saving: "none" (the baseline), "sync" or "async". Per save, each component is
@@ -61,16 +63,19 @@ struct CkptModeResult {
   double forward_ms = 0;                      // measured mean of the forward window (rank 0)
   double backward_ms = 0;                     // measured mean of the backward window (rank 0)
   std::optional<double> step_change_percent;  // vs the baseline's step_mean_ms
-  // The last save's persist (CheckpointStats): bytes summed over ranks, seconds the maximum.
+  // Persist: write + fsync of every rank's shard. Bytes summed over ranks (CheckpointStats);
+  // per save the longest rank's time (the Checkpointer's PERSIST trace events).
   int64_t persist_bytes = 0;
-  double persist_seconds = 0;
-  double persist_gbps = 0;
+  std::vector<double> persist_ms;
+  double persist_p50_ms = 0;
+  double persist_gbps = 0;  // persist_bytes / persist_p50_ms
   std::optional<double> persist_vs_disk;
 };
 
-// The disk baseline: `writers` files of the per-rank shard sizes, written concurrently.
+// The disk baseline: each of `writers` threads writes its rank's share of the state to a file,
+// concurrently, with large write(2) calls and one fsync.
 struct CkptDiskResult {
-  std::string when;  // "before" or "after" the saves
+  std::string when;  // "before", "between" (sync and async) or "after" the saves
   int writers = 0;
   int64_t bytes = 0;   // all writers
   double seconds = 0;  // first start to last fsync
@@ -96,8 +101,8 @@ struct CkptBenchResult {
   int steps_between_saves = 0;
   bool steps_between_saves_auto = false;
   std::vector<CkptModeResult> modes;  // none, sync, async
-  std::vector<CkptDiskResult> disk;   // before, after
-  double disk_gbps = 0;               // the better of the two: the disk can do at least this
+  std::vector<CkptDiskResult> disk;   // before, between, after
+  double disk_gbps = 0;               // their median: the reference of the persist
   std::vector<CkptRestoreResult> restores;
   double stall_ratio = 0;    // async stall p50 / sync save() p50
   double persist_ratio = 0;  // async persist / disk

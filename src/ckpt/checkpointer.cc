@@ -58,6 +58,9 @@ struct Checkpointer::Impl {
   };
 
   Status validate() const;
+  // Bytes of this rank's shard data for these sources: its replicated share plus per-rank state.
+  int64_t shard_data_bytes(const std::vector<StateSource>& sources) const;
+  void grow_staging(int64_t bytes);
   Status stage(int64_t step, std::vector<StateSource>& sources, Pending& pending);
   // Copies lazy pieces while the budget allows (or all when `all`); returns bytes copied.
   int64_t copy_pieces(bool all, int lane);
@@ -105,6 +108,19 @@ Status Checkpointer::Impl::validate() const {
   return make_directories(options.dir);
 }
 
+int64_t Checkpointer::Impl::shard_data_bytes(const std::vector<StateSource>& sources) const {
+  int64_t replicated = 0, per_rank = 0;
+  for (const StateSource& s : sources) {
+    (s.sharing == Sharing::kReplicated ? replicated : per_rank) += s.info.bytes;
+  }
+  return partition(replicated, rank, world, options.chunk_bytes).size() + per_rank;
+}
+
+void Checkpointer::Impl::grow_staging(int64_t bytes) {
+  // resize() value-initializes: every page is touched here, not during a later save.
+  if (static_cast<int64_t>(staging.size()) < bytes) staging.resize(static_cast<size_t>(bytes));
+}
+
 // Lays out this rank's shard and copies what cannot wait; the rest becomes lazy pieces.
 Status Checkpointer::Impl::stage(int64_t step, std::vector<StateSource>& sources, Pending& p) {
   std::vector<EntryInfo> replicated_infos;
@@ -128,9 +144,7 @@ Status Checkpointer::Impl::stage(int64_t step, std::vector<StateSource>& sources
     offset += s->info.bytes;
   }
   p.data_bytes = offset;
-  if (static_cast<int64_t>(staging.size()) < p.data_bytes) {
-    staging.resize(static_cast<size_t>(p.data_bytes));
-  }
+  grow_staging(p.data_bytes);
 
   const bool lazy_allowed = options.async && options.lazy;
   for (size_t i = 0; i < replicated.size(); ++i) {
@@ -308,6 +322,11 @@ Status Checkpointer::save(int64_t step, std::vector<StateSource> sources, nlohma
   m.pending = std::move(p);
   m.changed.notify_all();
   return Status::ok();
+}
+
+void Checkpointer::prepare(const std::vector<StateSource>& sources) {
+  wait();
+  impl_->grow_staging(impl_->shard_data_bytes(sources));
 }
 
 void Checkpointer::forward_begins() {

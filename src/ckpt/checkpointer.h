@@ -82,6 +82,10 @@ class Checkpointer {
   // every rank. `meta` is merged into the manifest's meta (e.g. the data cursor).
   Status save(int64_t step, std::vector<StateSource> sources, nlohmann::json meta = {});
 
+  // Allocates (and touches) the host buffer that saves of these sources need, so that the first
+  // save does not stall on page faults. Optional; call before training starts.
+  void prepare(const std::vector<StateSource>& sources);
+
   // Training-loop marks that open the snapshot windows of the next step.
   void forward_begins();
   void backward_begins();

@@ -344,6 +344,7 @@ Status Trainer::Impl::setup_checkpoints() {
   if (!made.is_ok()) return made.status().with_context("--checkpoint-dir " + c.dir);
   checkpointer = std::move(made).value();
   if (c.resume) FRUGAL_RETURN_IF_ERROR(resume());
+  checkpointer->prepare(state->sources());
   start_step = step_count;
   if (c.every_steps > 0) {
     steps_per_save = c.every_steps;
