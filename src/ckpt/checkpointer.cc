@@ -62,10 +62,11 @@ struct Checkpointer::Impl {
   int64_t shard_data_bytes(const std::vector<StateSource>& sources) const;
   void grow_staging(int64_t bytes);
   Status stage(int64_t step, std::vector<StateSource>& sources, Pending& pending);
-  // Copies lazy pieces while the budget allows (or all when `all`); returns bytes copied.
-  int64_t copy_pieces(bool all, int lane);
-  void finish_snapshot_locked();
+  // Copies lazy pieces while the budget allows (or all when `all`).
+  void copy_pieces(bool all, int lane);
   Status persist(Pending& pending);
+  // Counts a finished save (mutex held); a failed save is logged, never fatal to training.
+  void count_outcome_locked(const Status& status);
   void worker_loop();
   void record(std::string_view name, int64_t start_us, int lane, std::string detail = {}) const {
     if (timeline != nullptr) timeline->record(name, start_us, now_us() - start_us, lane, detail);
@@ -87,9 +88,10 @@ struct Checkpointer::Impl {
   bool stop = false;
   CheckpointStats stats;
 
-  // Measured windows (µs) and copy bandwidth (bytes per µs).
-  int64_t forward_start_us = 0, backward_start_us = 0;
-  double forward_us = 0, backward_us = 0, copy_bytes_per_us = 0;
+  // The measured forward window (µs) and copy bandwidth (bytes per µs); the backward window
+  // needs no measurement, as everything left is released when it opens.
+  int64_t forward_start_us = 0;
+  double forward_us = 0, copy_bytes_per_us = 0;
 
   std::thread worker;
 };
@@ -171,8 +173,7 @@ Status Checkpointer::Impl::stage(int64_t step, std::vector<StateSource>& sources
   return Status::ok();
 }
 
-int64_t Checkpointer::Impl::copy_pieces(bool all, int lane) {
-  int64_t copied = 0;
+void Checkpointer::Impl::copy_pieces(bool all, int lane) {
   std::unique_lock lock(mutex);
   while (pending && !persisting && pending->next_piece < pending->lazy.size()) {
     Pending& p = *pending;
@@ -188,21 +189,26 @@ int64_t Checkpointer::Impl::copy_pieces(bool all, int lane) {
     lock.lock();
     copy_bytes_per_us = smooth(copy_bytes_per_us, static_cast<double>(piece.bytes) / took);
     p.copied_bytes += piece.bytes;
-    copied += piece.bytes;
-    if (p.copied_bytes == p.lazy_bytes) finish_snapshot_locked();
+    if (p.copied_bytes == p.lazy_bytes) {
+      p.snapshot_done = true;  // every byte staged: the persist thread may start
+      changed.notify_all();
+    }
   }
-  return copied;
 }
 
-// Called with the mutex held once every byte is staged: hands the save to the persist thread.
-void Checkpointer::Impl::finish_snapshot_locked() {
-  pending->snapshot_done = true;
-  changed.notify_all();
+void Checkpointer::Impl::count_outcome_locked(const Status& status) {
+  if (status.is_ok()) {
+    if (rank == 0) ++stats.saves_committed;
+    return;
+  }
+  ++stats.saves_failed;
+  stats.last_error = status.to_string();
+  spdlog::warn("rank {}: {}; training goes on", rank, status.to_string());
 }
 
 Status Checkpointer::Impl::persist(Pending& p) {
   const int64_t start = now_us();
-  const std::string tmp_dir = options.dir + "/" + tmp_step_dir_name(p.step, options.run_id);
+  const std::string tmp_dir = join_path(options.dir, tmp_step_dir_name(p.step, options.run_id));
   ShardJob job;
   job.tmp_dir = tmp_dir;
   job.header = {options.run_id, p.step, rank, world, options.chunk_bytes};
@@ -254,13 +260,7 @@ void Checkpointer::Impl::worker_loop() {
     lock.unlock();
     const Status status = persist(*pending);
     lock.lock();
-    if (status.is_ok()) {
-      if (rank == 0) ++stats.saves_committed;
-    } else {
-      ++stats.saves_failed;
-      stats.last_error = status.to_string();
-      spdlog::warn("rank {}: {}; training goes on", rank, status.to_string());
-    }
+    count_outcome_locked(status);
     pending.reset();
     persisting = false;
     changed.notify_all();
@@ -306,13 +306,7 @@ Status Checkpointer::save(int64_t step, std::vector<StateSource> sources, nlohma
     const Status status = m.persist(p);
     std::lock_guard lock(m.mutex);
     m.stats.stall_seconds.push_back(static_cast<double>(now_us() - start) * 1e-6);
-    if (status.is_ok()) {
-      if (m.rank == 0) ++m.stats.saves_committed;
-      return Status::ok();
-    }
-    ++m.stats.saves_failed;
-    m.stats.last_error = status.to_string();
-    spdlog::warn("rank {}: {}; training goes on", m.rank, status.to_string());
+    m.count_outcome_locked(status);
     return Status::ok();  // a failed save never stops training
   }
   m.record(phase::kSnapshot, start, 0, "save step " + std::to_string(step));
@@ -348,10 +342,8 @@ void Checkpointer::forward_begins() {
 void Checkpointer::backward_begins() {
   Impl& m = *impl_;
   std::lock_guard lock(m.mutex);
-  const int64_t now = now_us();
-  m.backward_start_us = now;
   if (m.forward_start_us > 0) {
-    m.forward_us = smooth(m.forward_us, static_cast<double>(now - m.forward_start_us));
+    m.forward_us = smooth(m.forward_us, static_cast<double>(now_us() - m.forward_start_us));
   }
   if (!m.pending || m.pending->snapshot_done) return;
   // The backward window is the last before the update: everything left is released.
@@ -365,10 +357,6 @@ void Checkpointer::before_update() {
   bool copy_rest = false;
   {
     std::lock_guard lock(m.mutex);
-    if (m.backward_start_us > 0) {
-      m.backward_us = smooth(m.backward_us, static_cast<double>(start - m.backward_start_us));
-      m.backward_start_us = 0;
-    }
     copy_rest = m.pending && !m.pending->snapshot_done;
   }
   if (copy_rest) {
