@@ -253,7 +253,7 @@ TEST_F(CheckpointTest, HungRankMakesTheCommitTimeOutWithoutDeadlock) {
 
 TEST_F(CheckpointTest, CollectionRemovesSupersededNewerStepsAndKeepsThisSave) {
   // Step 9 is from before a resume at step 4 (a restore skipped it); the old leftover goes too.
-  for (const std::string name :
+  for (const std::string& name :
        {step_dir_name(2), step_dir_name(4), step_dir_name(9), tmp_step_dir_name(3, "crashed")}) {
     fs::create_directories(dir_ + "/" + name);
   }
