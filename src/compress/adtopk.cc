@@ -183,14 +183,14 @@ class AdtopkCompressor final : public CompressorBase {
     const Layout& l = layouts_[static_cast<size_t>(id)];
     const auto* bits = static_cast<const uint32_t*>(grad.data);
     if (!options_.interleave) {
-      if (encode_fixed(l, bits, out.data())) return non_finite_error(id);
+      if (encode_fixed(id, bits, out.data())) return non_finite_error(id);
       return l.fixed_bytes;
     }
     PolicyState& state = states_[static_cast<size_t>(id)];
     const bool late = step.total_steps > 0 && 4 * step.step > 3 * step.total_steps;
     if (l.dense || state.calls % 2 == 1 || (late && state.stable)) {
       out[0] = std::byte{kTagFixed};
-      if (encode_fixed(l, bits, out.data() + 1)) return non_finite_error(id);
+      if (encode_fixed(id, bits, out.data() + 1)) return non_finite_error(id);
       ++state.calls;
       return 1 + l.fixed_bytes;
     }
@@ -315,6 +315,7 @@ class AdtopkCompressor final : public CompressorBase {
     }
     FRUGAL_CHECK(static_cast<size_t>(id) == layouts_.size(), "tensor ids out of order");
     layouts_.push_back(l);
+    row_hints_.emplace_back(l.dense ? 0 : static_cast<size_t>(l.d0), 0u);
     PolicyState s;
     s.tau = options_.tau;
     states_.push_back(std::move(s));
@@ -324,12 +325,15 @@ class AdtopkCompressor final : public CompressorBase {
  private:
   // Writes the untagged fixed payload; returns true iff a selected value is Inf or NaN (a slice
   // holding one always selects one: non-finite magnitudes sort above every finite one).
-  bool encode_fixed(const Layout& l, const uint32_t* bits, std::byte* out) const {
+  bool encode_fixed(TensorId id, const uint32_t* bits, std::byte* out) {
+    const Layout& l = layouts_[static_cast<size_t>(id)];
     if (l.dense) return encode_dense(bits, static_cast<size_t>(l.numel), options_.value_dtype, out);
     if (l.slices == 0 || l.k == 0) return false;
     std::atomic<bool> non_finite{false};
     auto run = [&](size_t begin, size_t end) {
-      if (encode_rows(l, bits, begin, end, out)) non_finite.store(true, std::memory_order_relaxed);
+      if (encode_rows(l, bits, begin, end, row_hints_[static_cast<size_t>(id)].data(), out)) {
+        non_finite.store(true, std::memory_order_relaxed);
+      }
     };
     ThreadPool* pool = context().pool;
     const int64_t block = l.d1 * l.inner;
@@ -343,9 +347,13 @@ class AdtopkCompressor final : public CompressorBase {
     return non_finite.load();
   }
 
-  // Selects and writes the slices of rows [begin, end) of axis 0.
+  // Selects and writes the slices of rows [begin, end) of axis 0. row_hints[i0] is row i0's k-th
+  // magnitude at the previous step (0: none yet), the selection's starting bound: one row's scale
+  // changes little from step to step, while neighbouring rows of a trained layer differ by 10x
+  // and more (dead ReLU units give all-zero rows), which made the previous row a poor guess
+  // (measured on 2048x2048 with log-normal row scales, sigma 1: 15 ms against 5 ms).
   bool encode_rows(const Layout& l, const uint32_t* bits, size_t begin, size_t end,
-                   std::byte* out) const {
+                   uint32_t* row_hints, std::byte* out) const {
     thread_local std::vector<uint32_t> selected;
     const auto d1 = static_cast<size_t>(l.d1);
     const auto inner = static_cast<size_t>(l.inner);
@@ -356,10 +364,13 @@ class AdtopkCompressor final : public CompressorBase {
     std::byte* values = out;
     std::byte* indices = out + static_cast<size_t>(l.slices) * k * value_bytes;
     uint32_t non_finite = 0;
-    uint32_t hint = 0;  // rows of one weight have similar k-th magnitudes
+    uint32_t previous_row = 0;  // without a hint of its own, a row starts from the previous one's
     for (size_t i0 = begin; i0 < end; ++i0) {
       const uint32_t* block = bits + i0 * d1 * inner;
+      uint32_t hint = row_hints[i0] != 0 ? row_hints[i0] : previous_row;
       adtopk_detail::select_top_magnitudes_strided(block, d1, inner, k, selected.data(), &hint);
+      row_hints[i0] = hint;
+      previous_row = hint;
       const size_t first = i0 * inner * k;  // position of this row's first entry
       for (size_t j = 0; j < inner; ++j) {
         for (size_t c = 0; c < k; ++c) {
@@ -575,6 +586,9 @@ class AdtopkCompressor final : public CompressorBase {
   AdtopkOptions options_;
   std::vector<Layout> layouts_;
   std::vector<PolicyState> states_;
+  // Per tensor, per row of axis 0: the last selection's k-th magnitude bits (see encode_rows).
+  // Only a starting guess of an exact selection, so never exported with the state.
+  std::vector<std::vector<uint32_t>> row_hints_;
 };
 
 Result<std::unique_ptr<Compressor>> make_adtopk(const BuildRequest& request) {

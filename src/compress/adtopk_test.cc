@@ -137,6 +137,25 @@ TEST(AdtopkTest, LargeMatrixMatchesReferenceAcrossRowsOfDifferentScales) {
   }
 }
 
+TEST(AdtopkTest, RowScalesChangingBetweenStepsStillSelectTheReference) {
+  // Each row's last k-th magnitude seeds its next selection: rows that grow 100x, shrink 100x,
+  // go all-zero or come back from zero between steps must still select exactly.
+  const Shape shape = {48, 512};
+  for (double density : {0.01, 0.1}) {
+    auto c = make("adtopk:density=" + format_param(density));
+    TensorId id = c->register_tensor({"w", shape}).value();
+    for (int step = 0; step < 6; ++step) {
+      std::vector<float> x = gaussian(48 * 512, 40 + static_cast<uint32_t>(step));
+      for (int64_t r = 0; r < 48; ++r) {
+        const int phase = static_cast<int>((r + step) % 4);
+        const float scale = phase == 0 ? 100.0f : (phase == 1 ? 0.01f : (phase == 2 ? 0.0f : 1.0f));
+        for (int64_t col = 0; col < 512; ++col) x[r * 512 + col] *= scale;
+      }
+      expect_fixed_payload_selects_reference(compress(*c, id, x), x, shape, density);
+    }
+  }
+}
+
 TEST(AdtopkTest, KernelMatchesSortedReference) {
   std::mt19937 engine(9);
   uint32_t chained = 0;  // carried from call to call, as rows of one tensor do

@@ -27,6 +27,11 @@ struct Bucket {
   // Sparsify-behind: the compressed tensors are fused (dense) and compressed as one buffer.
   // Otherwise each compressed tensor is compressed alone, as soon as it is ready.
   bool compress_fused = false;
+  // The dense slots travel inside the allgather of the compressed payloads (every rank sums the
+  // n copies in rank order) instead of an allreduce of their own: one collective, and so one
+  // latency, less per bucket, for (n-1) x bytes on the wire against 2(n-1)/n x bytes. Set by the
+  // cost-model planners where it pays, for gather compressors only.
+  bool dense_rides_gather = false;
 };
 
 // Packs tensors, in the given order, greedily into buckets of at most `fusion_threshold_bytes`

@@ -22,6 +22,16 @@ uint32_t read_u32(const std::byte* in) {
   return value;
 }
 
+// target[i] += the i-th f32 of `source`, which may be unaligned (blocks of a gather start at
+// arbitrary byte offsets).
+void add_floats(float* target, const std::byte* source, size_t count) {
+  for (size_t i = 0; i < count; ++i) {
+    float value;
+    std::memcpy(&value, source + i * sizeof(float), sizeof(float));
+    target[i] += value;
+  }
+}
+
 void ensure(std::vector<std::byte>& buffer, size_t bytes) {
   if (buffer.size() < bytes) buffer.resize(bytes);
 }
@@ -46,11 +56,15 @@ Status CompressedExchange::timed(const char* what, ExchangeCounters& counters,
 }
 
 Status CompressedExchange::exchange(std::span<const CompressedUnit> units, const StepInfo& step,
-                                    ExchangeCounters& counters) {
+                                    ExchangeCounters& counters, MutableView riding_dense) {
   if (units.empty()) return Status::ok();
+  if (riding_dense.data != nullptr && compressor_.aggregation() != Aggregation::kGather) {
+    return internal_error("dense tensors can ride only in a gather, not with " +
+                          compressor_.spec());
+  }
   switch (compressor_.aggregation()) {
     case Aggregation::kGather:
-      return gather(units, counters);
+      return gather(units, riding_dense, counters);
     case Aggregation::kSum:
       return sum(units, step, counters);
     case Aggregation::kTwoPhase:
@@ -59,14 +73,16 @@ Status CompressedExchange::exchange(std::span<const CompressedUnit> units, const
   return internal_error("unknown aggregation");
 }
 
-Status CompressedExchange::gather(std::span<const CompressedUnit> units,
+Status CompressedExchange::gather(std::span<const CompressedUnit> units, MutableView riding_dense,
                                   ExchangeCounters& counters) {
   const int n = comm_.size();
   const bool fixed = compressor_.fixed_size();
-  // Variable sizes travel in a header of one u32 per unit, so receivers can split each rank's
-  // block; fixed sizes are known to everyone (max_compressed_bytes) and need none.
+  // A rank's block: [u32 size per unit][payloads][riding dense f32 values]. Variable sizes
+  // travel in the header so receivers can split each block; fixed sizes are known to everyone
+  // (max_compressed_bytes) and need none.
   const size_t header = fixed ? 0 : units.size() * sizeof(uint32_t);
-  size_t own = header;
+  const size_t dense_bytes = riding_dense.data == nullptr ? 0 : riding_dense.bytes();
+  size_t own = header + dense_bytes;
   for (const CompressedUnit& u : units) own += u.payload.size();
   ensure(send_, own);
   size_t offset = header;
@@ -83,6 +99,7 @@ Status CompressedExchange::gather(std::span<const CompressedUnit> units,
     std::memcpy(send_.data() + offset, payload.data(), payload.size());
     offset += payload.size();
   }
+  if (dense_bytes > 0) std::memcpy(send_.data() + offset, riding_dense.data, dense_bytes);
   const ConstBytes mine(send_.data(), own);
 
   std::vector<size_t> counts(static_cast<size_t>(n), own);
@@ -111,6 +128,7 @@ Status CompressedExchange::gather(std::span<const CompressedUnit> units,
   const int64_t decode_start = now_us();
   ScopedTraceEvent decode(timeline_, phase::kDecompress, lane_, compressor_.spec());
   for (const CompressedUnit& u : units) zero(u.target);
+  if (dense_bytes > 0) zero(riding_dense);
   size_t block = 0;
   for (int r = 0; r < n; ++r) {
     const std::byte* base = recv_.data() + block;
@@ -128,6 +146,12 @@ Status CompressedExchange::gather(std::span<const CompressedUnit> units,
           units[i].unit, ConstBytes(base + at, size), units[i].target));
       at += size;
     }
+    if (at + dense_bytes != block_bytes) {
+      return data_loss("rank " + std::to_string(r) + "'s payload block has " +
+                       std::to_string(block_bytes) + " bytes, expected " +
+                       std::to_string(at + dense_bytes));
+    }
+    add_floats(static_cast<float*>(riding_dense.data), base + at, dense_bytes / sizeof(float));
     block += block_bytes;
   }
   counters.decompress_us += now_us() - decode_start;

@@ -12,7 +12,10 @@
 //              payloads of its chunk; allgatherv of the reduced chunks; decompress_accumulate.
 //
 // Several units per bucket share each collective (sparsify-ahead fusion), so a bucket costs one
-// or two collectives whatever its tensor count. Not thread-safe; one instance per Synchronizer.
+// or two collectives whatever its tensor count. A gather can also carry the bucket's dense
+// tensors ("riding"): each rank appends its f32 values to its block and every rank sums the n
+// blocks' copies in rank order, so the bucket needs no allreduce of its own. Not thread-safe; one
+// instance per Synchronizer.
 #pragma once
 
 #include <cstdint>
@@ -46,11 +49,14 @@ class CompressedExchange {
   // Exchanges `units` (the same units in the same order on every rank) and writes into each
   // target the sum over ranks; the caller divides by the world size. Adds bytes on the wire
   // (per the collectives' ring cost model), communication and decompression time to `counters`.
+  // `riding_dense` (f32, same size on every rank; kGather only, else empty) is overwritten with
+  // its sum over ranks, exchanged inside the gather.
   Status exchange(std::span<const CompressedUnit> units, const StepInfo& step,
-                  ExchangeCounters& counters);
+                  ExchangeCounters& counters, MutableView riding_dense = {});
 
  private:
-  Status gather(std::span<const CompressedUnit> units, ExchangeCounters& counters);
+  Status gather(std::span<const CompressedUnit> units, MutableView riding_dense,
+                ExchangeCounters& counters);
   Status sum(std::span<const CompressedUnit> units, const StepInfo& step,
              ExchangeCounters& counters);
   Status two_phase(std::span<const CompressedUnit> units, const StepInfo& step,

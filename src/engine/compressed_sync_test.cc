@@ -13,6 +13,7 @@
 #include "comm/testing/rank_runner.h"
 #include "compress/registry.h"
 #include "compress/testing/serial_exchange.h"
+#include "engine/compressed_exchange.h"
 #include "engine/link_probe.h"
 #include "engine/synchronizer.h"
 
@@ -321,6 +322,60 @@ TEST(CompressedSync, DenseBelowCutOffIsExactAndWireBytesAddUp) {
     EXPECT_EQ(stats.bytes_sent, wire + gathered);
     EXPECT_LT(stats.bytes_sent, stats.dense_wire_bytes / 2);
   });
+}
+
+// Dense tensors riding in the gather: the payloads decode exactly as without them, the dense
+// values become the sum over ranks in rank order, and the bytes grow by (n-1) copies of them.
+TEST(CompressedSync, DenseValuesRidingTheGatherAreSummedInRankOrder) {
+  constexpr int kWorld = 3;
+  const Model model = small_model();
+  for (const char* spec : {"topk:density=0.05", "adtopk:density=0.1"}) {  // variable, fixed
+    run_ranks(kWorld, [&](Communicator& comm) {
+      const int rank = comm.rank();
+      auto compressor = make(spec, kWorld);
+      const auto grads = grads_of(model, rank, 0);
+      std::vector<std::vector<std::byte>> payloads;
+      for (size_t t = 0; t < 3; ++t) {  // t0 and t2 compressed; t1 and t3 ride dense
+        const TensorId id =
+            compressor->register_tensor({"t" + std::to_string(t), model.shapes[t]}).value();
+        payloads.emplace_back(compressor->max_compressed_bytes(id));
+        if (t == 1) continue;
+        auto used = compressor->compress(id, {grads[t].data(), DType::kF32, model.shapes[t]},
+                                         payloads.back(), StepInfo{0, 0});
+        ASSERT_TRUE(used.is_ok()) << used.status().to_string();
+        payloads.back().resize(*used);
+      }
+      // One pass with the dense values riding, one with them left out: the same decoded sums.
+      std::vector<std::vector<float>> targets(2);
+      ExchangeCounters with, without;
+      std::vector<float> dense = grads[1];
+      dense.insert(dense.end(), grads[3].begin(), grads[3].end());
+      for (int riding = 0; riding < 2; ++riding) {
+        std::vector<float> out(grads[0].size() + grads[2].size());
+        std::vector<CompressedUnit> units = {
+            {0, payloads[0], MutableView{out.data(), DType::kF32, model.shapes[0]}},
+            {2, payloads[2],
+             MutableView{out.data() + grads[0].size(), DType::kF32, model.shapes[2]}}};
+        CompressedExchange exchange(comm, *compressor);
+        const MutableView ride =
+            riding == 1 ? flat_view(dense.data(), DType::kF32, static_cast<int64_t>(dense.size()))
+                        : MutableView{};
+        ASSERT_TRUE(
+            exchange.exchange(units, StepInfo{0, 0}, riding == 1 ? with : without, ride).is_ok());
+        targets[static_cast<size_t>(riding)] = out;
+      }
+      EXPECT_EQ(targets[0], targets[1]);
+      std::vector<float> expected(dense.size(), 0.0f);
+      for (int r = 0; r < kWorld; ++r) {
+        const auto other = grads_of(model, r, 0);
+        for (size_t i = 0; i < grads[1].size(); ++i) expected[i] += other[1][i];
+        for (size_t i = 0; i < grads[3].size(); ++i) expected[grads[1].size() + i] += other[3][i];
+      }
+      EXPECT_EQ(dense, expected);
+      EXPECT_EQ(with.bytes_sent - without.bytes_sent,
+                static_cast<int64_t>((kWorld - 1) * dense.size() * sizeof(float)));
+    });
+  }
 }
 
 TEST(CompressedSync, CompressorRejectingATensorFailsBeginStepWithItsName) {

@@ -47,8 +47,26 @@ struct Model {
     }
   }
 
-  // Communication (plus decoding) time of bucket [i, j).
+  // Communication (plus decoding) time of bucket [i, j), its dense tensors riding in the
+  // allgather where that is cheaper (rides()).
   double comm_us(size_t i, size_t j) const {
+    return std::min(separate_comm_us(i, j), rides_allowed(i, j) ? riding_comm_us(i, j) : kNever);
+  }
+  bool rides(size_t i, size_t j) const {
+    return rides_allowed(i, j) && riding_comm_us(i, j) < separate_comm_us(i, j);
+  }
+
+ private:
+  static constexpr double kNever = std::numeric_limits<double>::infinity();
+
+  bool rides_allowed(size_t i, size_t j) const {
+    return request.dense_can_ride && dense_bytes.sum(i, j) > 0 && payload_bytes.sum(i, j) > 0;
+  }
+  double gather_latency_us() const {
+    return request.link.latency_us * (request.size_exchange ? 2 : 1);
+  }
+  // An allreduce of the dense tensors, then the gather of the payloads.
+  double separate_comm_us(size_t i, size_t j) const {
     const LinkModel& link = request.link;
     const double n = request.world_size;
     double cost = 0;
@@ -56,10 +74,18 @@ struct Model {
     if (dense > 0) cost += link.latency_us + dense * link.allreduce_us_per_byte;
     const double payload = payload_bytes.sum(i, j);
     if (payload > 0) {
-      cost += link.latency_us * (request.size_exchange ? 2 : 1) +
-              n * payload * link.allgather_us_per_byte + n * decompress_us.sum(i, j);
+      cost += gather_latency_us() + n * payload * link.allgather_us_per_byte +
+              n * decompress_us.sum(i, j);
     }
     return cost;
+  }
+  // One gather of payloads and dense tensors together.
+  double riding_comm_us(size_t i, size_t j) const {
+    const double n = request.world_size;
+    return gather_latency_us() +
+           n * (payload_bytes.sum(i, j) + dense_bytes.sum(i, j)) *
+               request.link.allgather_us_per_byte +
+           n * decompress_us.sum(i, j);
   }
 };
 
@@ -70,7 +96,8 @@ bool any_compressed(const PlanRequest& r, size_t i, size_t j) {
   return false;
 }
 
-Bucket make_bucket(const PlanRequest& r, int index, size_t i, size_t j, bool fused) {
+Bucket make_bucket(const Model& model, int index, size_t i, size_t j, bool fused) {
+  const PlanRequest& r = model.request;
   Bucket bucket;
   bucket.index = index;
   for (size_t t = i; t < j; ++t) {
@@ -79,6 +106,7 @@ Bucket make_bucket(const PlanRequest& r, int index, size_t i, size_t j, bool fus
     bucket.bytes += bytes;
   }
   bucket.compress_fused = fused && any_compressed(r, i, j);
+  bucket.dense_rides_gather = model.rides(i, j);
   return bucket;
 }
 
@@ -164,8 +192,7 @@ Plan plan_by_cost_model(const PlanRequest& request) {
   for (size_t j = count; j > 0; j = from[j]) ranges.emplace_back(from[j], j);
   std::reverse(ranges.begin(), ranges.end());
   for (const auto& [i, j] : ranges) {
-    plan.buckets.push_back(
-        make_bucket(request, static_cast<int>(plan.buckets.size()), i, j, fused));
+    plan.buckets.push_back(make_bucket(model, static_cast<int>(plan.buckets.size()), i, j, fused));
   }
   plan.predicted_us = best[count];
   return plan;

@@ -73,6 +73,9 @@ struct PlanRequest {
   LinkModel link;
   int world_size = 1;
   bool size_exchange = false;  // variable-size payloads: one more collective per gather
+  // Gather compressors: a bucket's dense tensors may ride in its allgather (see
+  // Bucket::dense_rides_gather); the model then costs each hybrid bucket the cheaper way.
+  bool dense_can_ride = false;
 };
 
 struct Plan {
@@ -84,7 +87,8 @@ struct Plan {
 // compressed tensors fused and compressed together; otherwise each compressed alone).
 Plan plan_by_cost_model(const PlanRequest& request);
 
-// The modelled end of communication for a given bucket plan (same model as above).
+// The modelled end of communication for a given bucket plan (same model as above; a hybrid
+// bucket is costed the cheaper way, as the planners mark it).
 double simulate_plan(const PlanRequest& request, const std::vector<Bucket>& buckets);
 
 // The hybrid cut-offs. Marginal cost of sending tensor t dense: bytes x allreduce cost; sparse:

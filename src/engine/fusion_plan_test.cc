@@ -37,6 +37,7 @@ PlanRequest random_request(std::mt19937& rng, size_t count, FusionKind kind) {
   request.world_size = 4;
   request.link = {200.0 * unit(rng), 0.01 * unit(rng), 0.005 * unit(rng)};
   request.size_exchange = unit(rng) < 0.5;
+  request.dense_can_ride = unit(rng) < 0.5;
   double ready = 0;
   for (size_t t = 0; t < count; ++t) {
     TensorProfile p;
@@ -131,6 +132,45 @@ TEST(PlanByCostModel, LatencyFusesAndBandwidthSplits) {
   // No latency: each tensor goes as soon as it is compressed (WFBP).
   request.link = {0, 0.001, 0.001};
   EXPECT_EQ(plan_by_cost_model(request).buckets.size(), 6u);
+}
+
+TEST(PlanByCostModel, DenseTensorsRideTheGatherWhereItSavesALatency) {
+  // Two compressed tensors, each followed by a small dense one (a bias), all ready together.
+  PlanRequest request;
+  request.world_size = 4;
+  request.dense_can_ride = true;
+  for (int t = 0; t < 4; ++t) {
+    const bool sparse = t % 2 == 0;
+    request.tensors.push_back({sparse ? size_t{400000} : size_t{8000}, 100.0, 5, 4000, 1});
+    request.compressed.push_back(sparse);
+  }
+  const auto riding_buckets = [&] {
+    const Plan plan = plan_by_cost_model(request);
+    int riding = 0;
+    for (const Bucket& b : plan.buckets) {
+      // Only a bucket with both dense and compressed tensors can carry its dense ones.
+      const bool dense = std::any_of(b.tensors.begin(), b.tensors.end(),
+                                     [](const TensorSlot& s) { return !s.compressed; });
+      const bool sparse = std::any_of(b.tensors.begin(), b.tensors.end(),
+                                      [](const TensorSlot& s) { return s.compressed; });
+      if (b.dense_rides_gather) {
+        EXPECT_TRUE(dense && sparse);
+      }
+      riding += b.dense_rides_gather ? 1 : 0;
+    }
+    return riding;
+  };
+  // Latency dominates: one bucket, whose biases ride in the allgather (1 collective, not 2).
+  request.link = {10000, 0.001, 0.001};
+  EXPECT_EQ(riding_buckets(), 1);
+  const double riding = plan_by_cost_model(request).predicted_us;
+  request.dense_can_ride = false;
+  EXPECT_EQ(riding_buckets(), 0);
+  EXPECT_NEAR(plan_by_cost_model(request).predicted_us - riding, 10000, 100);
+  // Bytes dominate: n copies of the dense tensors cost more than a ring allreduce of them.
+  request.dense_can_ride = true;
+  request.link = {0, 0.01, 0.01};
+  EXPECT_EQ(riding_buckets(), 0);
 }
 
 TEST(ChooseCompressed, SizeCutOffIsTheBestThresholdAndPerTensorIsTheBestChoice) {

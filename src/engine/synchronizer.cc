@@ -241,6 +241,8 @@ Status Synchronizer::replan_from_profile() {
   request.link = link_;
   request.size_exchange = options_.compressor != nullptr && !options_.compressor->fixed_size() &&
                           options_.compressor->aggregation() == Aggregation::kGather;
+  request.dense_can_ride =
+      options_.compressor != nullptr && options_.compressor->aggregation() == Aggregation::kGather;
   request.tensors.resize(count);
   for (size_t t = 0; t < count; ++t) {
     TensorProfile& p = request.tensors[t];
@@ -291,12 +293,15 @@ void Synchronizer::calibrate_latency(PlanRequest& request) {
 void Synchronizer::log_plan(const PlanRequest& request) const {
   int compressed = 0;
   for (bool c : compressed_) compressed += c ? 1 : 0;
+  int riding = 0;
+  for (const Bucket& bucket : buckets_) riding += bucket.dense_rides_gather ? 1 : 0;
   if (comm_.rank() == 0) {
     spdlog::info(
-        "fusion {}: {} buckets for {} tensors ({} compressed), modelled step end {:.1f} ms; link: "
-        "latency {:.0f} us, allreduce {:.2f} us/KiB, allgather {:.2f} us/KiB",
+        "fusion {}: {} buckets for {} tensors ({} compressed; {} buckets send their dense "
+        "tensors inside the allgather), modelled step end {:.1f} ms; link: latency {:.0f} us, "
+        "allreduce {:.2f} us/KiB, allgather {:.2f} us/KiB",
         fusion_to_string({options_.fusion, options_.fusion_threshold_bytes}), buckets_.size(),
-        tensors_.size(), compressed, predicted_us_ * 1e-3, link_.latency_us,
+        tensors_.size(), compressed, riding, predicted_us_ * 1e-3, link_.latency_us,
         link_.allreduce_us_per_byte * 1024, link_.allgather_us_per_byte * 1024);
   }
   for (size_t t = 0; t < request.tensors.size(); ++t) {
@@ -579,29 +584,6 @@ Status Synchronizer::run_bucket(int index, ExchangeCounters& counters) {
   const float divisor = options_.average ? static_cast<float>(comm_.size()) : 1.0f;
   ScopedTraceEvent comm_event(options_.timeline, phase::kComm, kCommLane, bucket_detail(bucket));
 
-  // Dense part: one allreduce of the dense slots (in the gradient itself when it is alone).
-  // grads_ entries of this bucket were written under the lock before the bucket became ready.
-  if (state.dense_bytes > 0) {
-    const int64_t numel = static_cast<int64_t>(state.dense_bytes / sizeof(float));
-    void* data = state.fusion_buffer.data();
-    if (state.dense_in_place) {
-      for (const TensorSlot& slot : bucket.tensors) {
-        if (!slot.compressed) data = grads_[static_cast<size_t>(slot.id)].data;
-      }
-    }
-    const int64_t start = now_us();
-    Status status = comm_.allreduce(flat_view(data, DType::kF32, numel), ReduceOp::kSum);
-    counters.comm_us += now_us() - start;
-    if (!status.is_ok()) {
-      return status.with_context("allreduce of " + bucket_detail(bucket) + " on rank " +
-                                 std::to_string(comm_.rank()));
-    }
-    const int64_t wire =
-        ring_allreduce_bytes_per_rank(static_cast<int64_t>(state.dense_bytes), comm_.size());
-    counters.bytes_sent += wire;
-    counters.bytes_received += wire;
-  }
-
   // Compressed part: the payloads (already made by the compression thread) are exchanged and
   // decoded straight into the gradients (alone) or into the fused region (sparsify-behind).
   std::vector<CompressedUnit> units;
@@ -621,8 +603,37 @@ Status Synchronizer::run_bucket(int index, ExchangeCounters& counters) {
            grads_[static_cast<size_t>(slot.id)]});
     }
   }
+
+  // Dense part: the dense slots (in the gradient itself when it is alone), by an allreduce of
+  // their own or inside the gather of the payloads (Bucket::dense_rides_gather).
+  // grads_ entries of this bucket were written under the lock before the bucket became ready.
+  MutableView dense;
+  if (state.dense_bytes > 0) {
+    void* data = state.fusion_buffer.data();
+    if (state.dense_in_place) {
+      for (const TensorSlot& slot : bucket.tensors) {
+        if (!slot.compressed) data = grads_[static_cast<size_t>(slot.id)].data;
+      }
+    }
+    dense = flat_view(data, DType::kF32, static_cast<int64_t>(state.dense_bytes / sizeof(float)));
+  }
+  const bool riding = bucket.dense_rides_gather && dense.data != nullptr && !units.empty();
+  if (dense.data != nullptr && !riding) {
+    const int64_t start = now_us();
+    Status status = comm_.allreduce(dense, ReduceOp::kSum);
+    counters.comm_us += now_us() - start;
+    if (!status.is_ok()) {
+      return status.with_context("allreduce of " + bucket_detail(bucket) + " on rank " +
+                                 std::to_string(comm_.rank()));
+    }
+    const int64_t wire =
+        ring_allreduce_bytes_per_rank(static_cast<int64_t>(state.dense_bytes), comm_.size());
+    counters.bytes_sent += wire;
+    counters.bytes_received += wire;
+  }
   if (!units.empty()) {
-    FRUGAL_RETURN_IF_ERROR(compressed_exchange_->exchange(units, step_info(), counters));
+    FRUGAL_RETURN_IF_ERROR(compressed_exchange_->exchange(units, step_info(), counters,
+                                                          riding ? dense : MutableView{}));
   }
 
   ScopedTraceEvent unpack(state.fusion_buffer.empty() ? nullptr : options_.timeline, phase::kFuse,
