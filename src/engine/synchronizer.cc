@@ -297,8 +297,8 @@ void Synchronizer::log_plan(const PlanRequest& request) const {
   for (const Bucket& bucket : buckets_) riding += bucket.dense_rides_gather ? 1 : 0;
   if (comm_.rank() == 0) {
     spdlog::info(
-        "fusion {}: {} buckets for {} tensors ({} compressed; {} buckets send their dense "
-        "tensors inside the allgather), modelled step end {:.1f} ms; link: latency {:.0f} us, "
+        "fusion {}: {} buckets for {} tensors ({} compressed; dense tensors ride in the "
+        "allgather in {} of the buckets), modelled step end {:.1f} ms; link: latency {:.0f} us, "
         "allreduce {:.2f} us/KiB, allgather {:.2f} us/KiB",
         fusion_to_string({options_.fusion, options_.fusion_threshold_bytes}), buckets_.size(),
         tensors_.size(), compressed, riding, predicted_us_ * 1e-3, link_.latency_us,
