@@ -1,9 +1,12 @@
 #include "compress/adtopk_kernels.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <functional>
 #include <vector>
+
+#include "core/status.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -22,7 +25,10 @@ inline uint32_t key_index(uint64_t key) { return ~static_cast<uint32_t>(key); }
 inline uint32_t key_magnitude(uint64_t key) { return static_cast<uint32_t>(key >> 32); }
 
 struct Scratch {
-  std::vector<uint64_t> keys;
+  std::vector<uint64_t> keys;        // select_full's (magnitude, index) keys
+  std::vector<uint32_t> magnitudes;  // the streaming selection's candidates, in index order
+  std::vector<uint32_t> indices;
+  std::vector<uint32_t> maxima;  // kth_lower_bound's lane maxima
   std::vector<uint32_t> transposed;
 };
 Scratch& scratch() {
@@ -30,10 +36,17 @@ Scratch& scratch() {
   return s;
 }
 
-// The scan's unit: one 16-lane mask per block of 16 elements. Magnitudes are below 2^31 and the
-// admission bound is in [-1, 2^31), so signed 32-bit compares are exact (SSE2 and AVX2 have no
-// unsigned ones). Each Ops::mask16 returns bit j set iff magnitude(p[j]) > bound.
+// The scan's unit: one 16-lane mask per block of 16 elements. Magnitudes are below 2^31 and every
+// bound is in [-1, 2^31), so signed 32-bit compares are exact (SSE2 and AVX2 have no unsigned
+// ones). Per ISA:
+//   mask16(p, bound): bit j set iff magnitude(p[j]) > bound;
+//   append16(p, base, mask, magnitudes, indices): appends the magnitudes and indices (base + j) of
+//     the lanes set in `mask`, in lane order, and returns how many (it may write all 16 entries:
+//     the buffers need room for them);
+//   count_above(m, count, bound): how many of m[0, count) are > bound.
 constexpr size_t kBlock = 16;
+// Runs up to this many elements (32 KiB: an L1 data cache) take the two-pass selection.
+constexpr size_t kShortRun = 8192;
 
 struct ScalarOps {
   static uint32_t mask16(const uint32_t* p, int32_t bound) {
@@ -43,11 +56,35 @@ struct ScalarOps {
     }
     return mask;
   }
+  static uint32_t append16(const uint32_t* p, uint32_t base, uint32_t mask, uint32_t* magnitudes,
+                           uint32_t* indices) {
+    uint32_t count = 0;
+    do {
+      const auto j = static_cast<uint32_t>(__builtin_ctz(mask));
+      magnitudes[count] = p[j] & kMagnitudeMask;
+      indices[count++] = base + j;
+      mask &= mask - 1;
+    } while (mask != 0);
+    return count;
+  }
+  static size_t count_above(const uint32_t* m, size_t count, int32_t bound) {
+    size_t above = 0;
+    for (size_t j = 0; j < count; ++j) above += static_cast<int32_t>(m[j]) > bound ? 1 : 0;
+    return above;
+  }
+  static void lane_maxima(const uint32_t* p, size_t blocks, uint32_t* maxima) {
+    for (size_t j = 0; j < kBlock; ++j) maxima[j] = p[j] & kMagnitudeMask;
+    for (size_t b = 1; b < blocks; ++b) {
+      for (size_t j = 0; j < kBlock; ++j) {
+        maxima[j] = std::max(maxima[j], p[b * kBlock + j] & kMagnitudeMask);
+      }
+    }
+  }
 };
 
 #if defined(__x86_64__)
 // SSE2 is part of the x86-64 baseline: no target attribute, no dispatch needed.
-struct Sse2Ops {
+struct Sse2Ops : ScalarOps {
   static uint32_t mask16(const uint32_t* p, int32_t bound) {
     const __m128i magnitude = _mm_set1_epi32(static_cast<int32_t>(kMagnitudeMask));
     const __m128i b = _mm_set1_epi32(bound);
@@ -63,7 +100,7 @@ struct Sse2Ops {
   }
 };
 
-struct Avx2Ops {
+struct Avx2Ops : ScalarOps {
   [[gnu::target("avx2")]] static uint32_t mask16(const uint32_t* p, int32_t bound) {
     const __m256i magnitude = _mm256_set1_epi32(static_cast<int32_t>(kMagnitudeMask));
     const __m256i b = _mm256_set1_epi32(bound);
@@ -74,6 +111,31 @@ struct Avx2Ops {
     return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(c0))) |
            (static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(c1))) << 8);
   }
+  [[gnu::target("avx2")]] static size_t count_above(const uint32_t* m, size_t count,
+                                                    int32_t bound) {
+    const __m256i b = _mm256_set1_epi32(bound);
+    size_t above = 0;
+    size_t j = 0;
+    for (; j + 8 <= count; j += 8) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + j));
+      const int lanes = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(v, b)));
+      above += static_cast<size_t>(__builtin_popcount(static_cast<unsigned>(lanes)));
+    }
+    return above + ScalarOps::count_above(m + j, count - j, bound);
+  }
+  [[gnu::target("avx2")]] static void lane_maxima(const uint32_t* p, size_t blocks,
+                                                  uint32_t* maxima) {
+    const __m256i magnitude = _mm256_set1_epi32(static_cast<int32_t>(kMagnitudeMask));
+    __m256i m0 = _mm256_setzero_si256();
+    __m256i m1 = _mm256_setzero_si256();
+    for (size_t b = 0; b < blocks; ++b) {
+      const auto* v = reinterpret_cast<const __m256i*>(p + b * kBlock);
+      m0 = _mm256_max_epu32(m0, _mm256_and_si256(_mm256_loadu_si256(v), magnitude));
+      m1 = _mm256_max_epu32(m1, _mm256_and_si256(_mm256_loadu_si256(v + 1), magnitude));
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(maxima), m0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(maxima + 8), m1);
+  }
 };
 
 struct Avx512Ops {
@@ -82,99 +144,160 @@ struct Avx512Ops {
                                        _mm512_set1_epi32(static_cast<int32_t>(kMagnitudeMask)));
     return _mm512_cmpgt_epi32_mask(v, _mm512_set1_epi32(bound));
   }
+  [[gnu::target("avx512f")]] static uint32_t append16(const uint32_t* p, uint32_t base,
+                                                      uint32_t mask, uint32_t* magnitudes,
+                                                      uint32_t* indices) {
+    const auto lanes = static_cast<__mmask16>(mask);
+    const __m512i v = _mm512_and_si512(_mm512_loadu_si512(p),
+                                       _mm512_set1_epi32(static_cast<int32_t>(kMagnitudeMask)));
+    // Compress in a register, then store all 16 lanes (the buffers keep 16 entries of room):
+    // the compress-store form is several times slower on Skylake-X.
+    _mm512_storeu_si512(magnitudes, _mm512_maskz_compress_epi32(lanes, v));
+    const __m512i index =
+        _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(base)),
+                         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    _mm512_storeu_si512(indices, _mm512_maskz_compress_epi32(lanes, index));
+    return static_cast<uint32_t>(__builtin_popcount(mask));
+  }
+  [[gnu::target("avx512f")]] static size_t count_above(const uint32_t* m, size_t count,
+                                                       int32_t bound) {
+    const __m512i b = _mm512_set1_epi32(bound);
+    size_t above = 0;
+    size_t j = 0;
+    for (; j + kBlock <= count; j += kBlock) {
+      above += static_cast<size_t>(
+          __builtin_popcount(_mm512_cmpgt_epi32_mask(_mm512_loadu_si512(m + j), b)));
+    }
+    if (j < count) {
+      const auto tail = static_cast<__mmask16>((1u << (count - j)) - 1);
+      above += static_cast<size_t>(__builtin_popcount(
+          _mm512_mask_cmpgt_epi32_mask(tail, _mm512_maskz_loadu_epi32(tail, m + j), b)));
+    }
+    return above;
+  }
+  [[gnu::target("avx512f")]] static void lane_maxima(const uint32_t* p, size_t blocks,
+                                                     uint32_t* maxima) {
+    // Four running maxima: one would chain every vpmaxud on the previous one's latency. The
+    // masked max: GCC 12 warns that the unmasked one's undefined source is uninitialized.
+    const __m512i magnitude = _mm512_set1_epi32(static_cast<int32_t>(kMagnitudeMask));
+    __m512i m[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                    _mm512_setzero_si512()};
+    for (size_t b = 0; b < blocks; ++b) {
+      const __m512i v = _mm512_and_si512(_mm512_loadu_si512(p + b * kBlock), magnitude);
+      m[b % 4] = _mm512_mask_max_epu32(m[b % 4], 0xFFFF, m[b % 4], v);
+    }
+    m[0] = _mm512_mask_max_epu32(m[0], 0xFFFF, m[0], m[1]);
+    m[2] = _mm512_mask_max_epu32(m[2], 0xFFFF, m[2], m[3]);
+    _mm512_storeu_si512(maxima, _mm512_mask_max_epu32(m[0], 0xFFFF, m[0], m[2]));
+  }
 };
 #endif
 
-// Out of line on purpose: keeps the rare paths out of the scan loops.
-[[gnu::noinline]] void partition_top(uint64_t* keys, size_t count, size_t k) {
-  std::nth_element(keys, keys + (k - 1), keys + count, std::greater<>());
+// The k-th largest of m[0, count) (k <= count), bit by bit from the top: the largest t with at
+// least k values >= t. A radix select with one-bit digits, because the candidate sets are small
+// (about 4k): each digit is one vectorized count, and the cut costs a few hundred compares where
+// an nth_element over (magnitude, index) keys took microseconds (perf: as long as the scan
+// itself in mlp training). Only the bits below the highest one where min and max differ vary.
+// With `digits` < 31 the search stops early and returns a lower bound: still at least k values
+// are >= it, within a relative 2^-(digits - exponent bits that vary) of the k-th largest.
+template <typename Ops>
+inline uint32_t kth_largest(const uint32_t* m, size_t count, size_t k, int digits = 31) {
+  uint32_t low = m[0];
+  uint32_t high = m[0];
+  for (size_t j = 1; j < count; ++j) {
+    low = std::min(low, m[j]);
+    high = std::max(high, m[j]);
+  }
+  if (low == high) return high;
+  const int top = 31 - __builtin_clz(low ^ high);  // <= 30: magnitudes are below 2^31
+  uint32_t t = high & ~((2u << top) - 1);          // <= low: every value is >= t
+  for (int b = top; b >= 0 && b > top - digits; --b) {
+    const uint32_t trial = t | (1u << b);
+    if (Ops::count_above(m, count, static_cast<int32_t>(trial) - 1) >= k) t = trial;
+  }
+  return t;
 }
-[[gnu::noinline]] void sort_indices(uint32_t* indices, size_t count) {
-  std::sort(indices, indices + count);
+
+// Keeps the top k of count >= k candidates held in index order, in place and still in index
+// order: every magnitude above the k-th largest, and of those equal to it the lowest indices (ties
+// go to the lower index). Returns the k-th largest magnitude.
+template <typename Ops>
+inline uint32_t keep_top(uint32_t* magnitudes, uint32_t* indices, size_t count, size_t k) {
+  const uint32_t cut = kth_largest<Ops>(magnitudes, count, k);
+  size_t equal_wanted = k - Ops::count_above(magnitudes, count, static_cast<int32_t>(cut));
+  size_t kept = 0;
+  for (size_t c = 0; c < count; ++c) {
+    const uint32_t m = magnitudes[c];
+    const bool equal = m == cut;
+    const bool keep = m > cut || (equal && equal_wanted > 0);
+    equal_wanted -= equal && keep ? 1 : 0;
+    magnitudes[kept] = m;
+    indices[kept] = indices[c];
+    kept += keep ? 1 : 0;
+  }
+  return cut;
+}
+
+// A lower bound of the k-th largest magnitude of bits[0, n) from one pass that keeps no
+// candidates: the run is cut into groups of whole 16-element blocks, each lane of each group
+// keeps its maximum, and the k-th largest of those maxima (distinct elements, so at least k
+// elements are >= it) is the bound. About 8k maxima make it tight: the top k elements rarely
+// share a group, so the bound lands a few ranks below the k-th. `maxima` has room for
+// 16 * (ceil(k / 2) + 1) + 15 entries. Returns 0 (admit everything) when the run is too short to
+// group. The selection's second pass then needs no guess, no retry and few candidates.
+template <typename Ops>
+inline uint32_t kth_lower_bound(const uint32_t* bits, size_t n, size_t k, uint32_t* maxima) {
+  const size_t blocks = n / kBlock;
+  const size_t groups = (k + 1) / 2;  // 16 lanes each: about 8k maxima
+  const size_t per_group = groups == 0 ? 0 : blocks / groups;
+  if (per_group < 2) return 0;
+  size_t count = 0;
+  size_t b = 0;
+  for (; b < blocks; b += per_group) {
+    Ops::lane_maxima(bits + b * kBlock, std::min(per_group, blocks - b), maxima + count);
+    count += kBlock;
+  }
+  for (size_t i = blocks * kBlock; i < n; ++i) maxima[count++] = bits[i] & kMagnitudeMask;
+  // 12 digits below the top one: a bound within about 2^-9 of the k-th largest maximum.
+  return kth_largest<Ops>(maxima, count, k, 12);
 }
 
 // Streaming selection. Elements are visited in index order, so a later element whose magnitude
 // equals the k-th largest kept so far loses the tie: "magnitude > k-th kept" is an exact admission
 // test, and that bound only rises. It starts at `bound` (a guess, -1 to admit everything); when
-// the candidate buffer fills, an nth_element keeps the top k and raises the bound. Returns false
-// when fewer than k elements beat the guess (the caller retries with a lower one).
+// the candidate buffers fill, keep_top cuts them back to k and raises the bound. Candidates stay
+// in index order throughout, so the winners come out ascending with no sort. Returns false when
+// fewer than k elements beat the guess (the caller retries with a lower one).
 template <typename Ops>
 inline bool select_streaming(const uint32_t* bits, size_t n, size_t k, uint32_t* out,
-                             uint64_t* keys, size_t capacity, int32_t bound, uint32_t* kth) {
+                             uint32_t* magnitudes, uint32_t* indices, size_t capacity,
+                             int32_t bound, uint32_t* kth) {
   size_t count = 0;
-  bool in_index_order = true;  // until a compaction reorders the candidates
   size_t i = 0;
   for (; i + kBlock <= n; i += kBlock) {
     // The hardware prefetcher restarts at every 4 KiB page and every slice; asking 4 KiB ahead
     // keeps the stream going across both (measured 15-20% on 2048x2048). A prefetch never
     // faults, so running past the end is harmless; the address is formed as an integer.
     __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(bits + i) + 4096));
-    uint32_t mask = Ops::mask16(bits + i, bound);
+    const uint32_t mask = Ops::mask16(bits + i, bound);
     if (mask == 0) continue;
-    do {
-      const auto j = static_cast<uint32_t>(__builtin_ctz(mask));
-      keys[count++] = make_key(bits[i + j] & kMagnitudeMask, static_cast<uint32_t>(i + j));
-      mask &= mask - 1;
-    } while (mask != 0);
+    count += Ops::append16(bits + i, static_cast<uint32_t>(i), mask, magnitudes + count,
+                           indices + count);
     if (count + kBlock > capacity) {
-      partition_top(keys, count, k);
+      bound = static_cast<int32_t>(keep_top<Ops>(magnitudes, indices, count, k));
       count = k;
-      bound = static_cast<int32_t>(key_magnitude(keys[k - 1]));
-      in_index_order = false;
     }
   }
   for (; i < n; ++i) {
     const uint32_t m = bits[i] & kMagnitudeMask;
-    if (static_cast<int32_t>(m) > bound) keys[count++] = make_key(m, static_cast<uint32_t>(i));
+    if (static_cast<int32_t>(m) > bound) {
+      magnitudes[count] = m;
+      indices[count++] = static_cast<uint32_t>(i);
+    }
   }
   if (count < k) return false;
-  if (in_index_order) {
-    // The usual case with a good guess: a few candidates, still in index order. Find the cut on
-    // a copy (the buffer has room for it), then one pass emits the winners already ascending.
-    uint64_t* copy = keys + count;
-    std::memcpy(copy, keys, count * sizeof(uint64_t));
-    partition_top(copy, count, k);  // also when count == k: the cut is the smallest key
-    const uint64_t cut = copy[k - 1];
-    *kth = key_magnitude(cut);
-    size_t written = 0;
-    for (size_t c = 0; c < count; ++c) {
-      out[written] = key_index(keys[c]);
-      written += keys[c] >= cut ? 1 : 0;
-      if (written == k) break;
-    }
-    return true;
-  }
-  if (count > k) partition_top(keys, count, k);
-  const uint64_t cut = keys[k - 1];
-  *kth = key_magnitude(cut);
-  if (k <= 32) {
-    for (size_t j = 0; j < k; ++j) out[j] = key_index(keys[j]);
-    sort_indices(out, k);
-    return true;
-  }
-  // Many winners: one more scan over the (cache-resident) run emits them already in index order:
-  // magnitude above the cut's, or equal to it at an index not above the cut's.
-  const uint32_t cut_magnitude = key_magnitude(cut);
-  const uint32_t cut_index = key_index(cut);
-  const auto at_least = static_cast<int32_t>(cut_magnitude) - 1;
-  size_t written = 0;
-  for (i = 0; i + kBlock <= n; i += kBlock) {
-    uint32_t mask = Ops::mask16(bits + i, at_least);
-    while (mask != 0) {
-      const auto j = static_cast<uint32_t>(__builtin_ctz(mask));
-      const auto index = static_cast<uint32_t>(i + j);
-      if ((bits[index] & kMagnitudeMask) > cut_magnitude || index <= cut_index) {
-        out[written++] = index;
-      }
-      mask &= mask - 1;
-    }
-  }
-  for (; i < n; ++i) {
-    const uint32_t m = bits[i] & kMagnitudeMask;
-    if (m > cut_magnitude || (m == cut_magnitude && i <= cut_index)) {
-      out[written++] = static_cast<uint32_t>(i);
-    }
-  }
+  *kth = keep_top<Ops>(magnitudes, indices, count, k);
+  std::memcpy(out, indices, k * sizeof(uint32_t));
   return true;
 }
 
@@ -208,27 +331,38 @@ inline size_t gather_above(const uint32_t* bits, size_t n, uint32_t threshold_bi
 
 // One entry point per ISA. `flatten` inlines the Ops into each, so every scan loop is compiled
 // for its own target (a target-specific helper cannot be inlined into a generic template).
-using StreamFn = bool (*)(const uint32_t*, size_t, size_t, uint32_t*, uint64_t*, size_t, int32_t,
-                          uint32_t*);
+using StreamFn = bool (*)(const uint32_t*, size_t, size_t, uint32_t*, uint32_t*, uint32_t*, size_t,
+                          int32_t, uint32_t*);
 using GatherFn = size_t (*)(const uint32_t*, size_t, uint32_t, std::byte*, uint32_t*);
+using BoundFn = uint32_t (*)(const uint32_t*, size_t, size_t, uint32_t*);
 
 struct Kernels {
   StreamFn stream;
   GatherFn gather;
+  BoundFn bound;
 };
 
 #if defined(__x86_64__)
 [[gnu::target("avx512f"), gnu::flatten]] bool stream_avx512(const uint32_t* bits, size_t n,
-                                                            size_t k, uint32_t* out, uint64_t* keys,
+                                                            size_t k, uint32_t* out,
+                                                            uint32_t* magnitudes, uint32_t* indices,
                                                             size_t capacity, int32_t bound,
                                                             uint32_t* kth) {
-  return select_streaming<Avx512Ops>(bits, n, k, out, keys, capacity, bound, kth);
+  return select_streaming<Avx512Ops>(bits, n, k, out, magnitudes, indices, capacity, bound, kth);
 }
 [[gnu::target("avx2"), gnu::flatten]] bool stream_avx2(const uint32_t* bits, size_t n, size_t k,
-                                                       uint32_t* out, uint64_t* keys,
-                                                       size_t capacity, int32_t bound,
-                                                       uint32_t* kth) {
-  return select_streaming<Avx2Ops>(bits, n, k, out, keys, capacity, bound, kth);
+                                                       uint32_t* out, uint32_t* magnitudes,
+                                                       uint32_t* indices, size_t capacity,
+                                                       int32_t bound, uint32_t* kth) {
+  return select_streaming<Avx2Ops>(bits, n, k, out, magnitudes, indices, capacity, bound, kth);
+}
+[[gnu::target("avx512f"), gnu::flatten]] uint32_t bound_avx512(const uint32_t* bits, size_t n,
+                                                               size_t k, uint32_t* maxima) {
+  return kth_lower_bound<Avx512Ops>(bits, n, k, maxima);
+}
+[[gnu::target("avx2"), gnu::flatten]] uint32_t bound_avx2(const uint32_t* bits, size_t n, size_t k,
+                                                          uint32_t* maxima) {
+  return kth_lower_bound<Avx2Ops>(bits, n, k, maxima);
 }
 [[gnu::target("avx512f"), gnu::flatten]] size_t gather_avx512(const uint32_t* bits, size_t n,
                                                               uint32_t threshold_bits,
@@ -246,25 +380,48 @@ using BaselineOps = Sse2Ops;
 using BaselineOps = ScalarOps;
 #endif
 
-bool stream_baseline(const uint32_t* bits, size_t n, size_t k, uint32_t* out, uint64_t* keys,
-                     size_t capacity, int32_t bound, uint32_t* kth) {
-  return select_streaming<BaselineOps>(bits, n, k, out, keys, capacity, bound, kth);
+bool stream_baseline(const uint32_t* bits, size_t n, size_t k, uint32_t* out, uint32_t* magnitudes,
+                     uint32_t* indices, size_t capacity, int32_t bound, uint32_t* kth) {
+  return select_streaming<BaselineOps>(bits, n, k, out, magnitudes, indices, capacity, bound, kth);
+}
+uint32_t bound_baseline(const uint32_t* bits, size_t n, size_t k, uint32_t* maxima) {
+  return kth_lower_bound<BaselineOps>(bits, n, k, maxima);
 }
 size_t gather_baseline(const uint32_t* bits, size_t n, uint32_t threshold_bits, std::byte* indices,
                        uint32_t* non_finite) {
   return gather_above<BaselineOps>(bits, n, threshold_bits, indices, non_finite);
 }
 
-const Kernels& kernels() {
+const Kernels& chosen_by_cpu() {
   static const Kernels chosen = [] {
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return Kernels{stream_avx512, gather_avx512};
-    if (__builtin_cpu_supports("avx2")) return Kernels{stream_avx2, gather_avx2};
+    if (__builtin_cpu_supports("avx512f"))
+      return Kernels{stream_avx512, gather_avx512, bound_avx512};
+    if (__builtin_cpu_supports("avx2")) return Kernels{stream_avx2, gather_avx2, bound_avx2};
 #endif
-    return Kernels{stream_baseline, gather_baseline};
+    return Kernels{stream_baseline, gather_baseline, bound_baseline};
   }();
   return chosen;
+}
+
+std::atomic<KernelIsa> forced_isa{KernelIsa::kByCpu};
+
+const Kernels& kernels() {
+  static const Kernels baseline{stream_baseline, gather_baseline, bound_baseline};
+#if defined(__x86_64__)
+  static const Kernels avx2{stream_avx2, gather_avx2, bound_avx2};
+#endif
+  switch (forced_isa.load(std::memory_order_relaxed)) {
+    case KernelIsa::kBaseline:
+      return baseline;
+#if defined(__x86_64__)
+    case KernelIsa::kAvx2:
+      return __builtin_cpu_supports("avx2") ? avx2 : chosen_by_cpu();
+#endif
+    default:
+      return chosen_by_cpu();
+  }
 }
 
 // k comparable to n: one nth_element over every key, then a scan in index order emits exactly the
@@ -315,31 +472,54 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void argmax_rows(
 
 }  // namespace
 
+void force_kernels_for_testing(KernelIsa isa) { forced_isa = isa; }
+
 void select_top_magnitudes(const uint32_t* bits, size_t n, size_t k, uint32_t* out,
                            uint32_t* hint) {
   if (k >= n) {
     for (size_t i = 0; i < n; ++i) out[i] = static_cast<uint32_t>(i);
     return;
   }
-  std::vector<uint64_t>& keys = scratch().keys;
+  Scratch& buffers = scratch();
   uint32_t kth = 0;
   if (k * 4 <= n) {
-    // The candidate buffer holds 4k + 64 keys (and room for a copy), so a compaction (an
-    // nth_element over about that many) happens at most once per 3k admissions.
+    // The candidate buffers hold 4k + 64 entries, so a cut (keep_top) happens at most once per
+    // 3k admissions.
     const size_t capacity = 4 * k + 4 * kBlock;
-    if (keys.size() < 2 * capacity) keys.resize(2 * capacity);  // candidates and a copy
-    const StreamFn stream = kernels().stream;
-    // Rows of one weight usually keep their k-th magnitude within 10% of each other: 0.9 of
-    // the previous one admits few extra candidates, and a miss (fewer than k above it) retries
-    // from the cache-resident slice with half that guess, then with none.
-    const uint32_t previous = hint != nullptr ? *hint : 0;
-    const int32_t bound = guess_bound(previous, 0.9f);
-    bool done = stream(bits, n, k, out, keys.data(), capacity, bound, &kth);
-    if (!done && bound >= 0) {
-      done = stream(bits, n, k, out, keys.data(), capacity, guess_bound(previous, 0.45f), &kth);
+    if (buffers.indices.size() < capacity) {
+      buffers.magnitudes.resize(capacity);
+      buffers.indices.resize(capacity);
     }
-    if (!done) stream(bits, n, k, out, keys.data(), capacity, -1, &kth);
+    uint32_t* magnitudes = buffers.magnitudes.data();
+    uint32_t* indices = buffers.indices.data();
+    const Kernels& chosen = kernels();
+    if (n <= kShortRun) {
+      // A run this short stays in L1 between two passes: the first bounds the k-th magnitude
+      // from below (exact, so no retry), the second collects the few elements at or above it.
+      const size_t groups = (k + 1) / 2;
+      if (buffers.maxima.size() < kBlock * (2 * groups + 3)) {
+        buffers.maxima.resize(kBlock * (2 * groups + 3));
+      }
+      const uint32_t lower = chosen.bound(bits, n, k, buffers.maxima.data());
+      const bool done = chosen.stream(bits, n, k, out, magnitudes, indices, capacity,
+                                      static_cast<int32_t>(lower) - 1, &kth);
+      FRUGAL_CHECK(done, "fewer than k magnitudes at or above their lower bound");
+    } else {
+      // A long run is read once, from memory. Rows of one weight usually keep their k-th
+      // magnitude within 10% of each other: 0.9 of the previous one admits few extra
+      // candidates, and a miss (fewer than k above it) retries with half that guess, then with
+      // none.
+      const uint32_t previous = hint != nullptr ? *hint : 0;
+      const int32_t bound = guess_bound(previous, 0.9f);
+      bool done = chosen.stream(bits, n, k, out, magnitudes, indices, capacity, bound, &kth);
+      if (!done && bound >= 0) {
+        done = chosen.stream(bits, n, k, out, magnitudes, indices, capacity,
+                             guess_bound(previous, 0.45f), &kth);
+      }
+      if (!done) chosen.stream(bits, n, k, out, magnitudes, indices, capacity, -1, &kth);
+    }
   } else {
+    std::vector<uint64_t>& keys = buffers.keys;
     if (keys.size() < n) keys.resize(n);
     kth = select_full(bits, n, k, out, keys.data());
   }

@@ -34,6 +34,19 @@ std::vector<float> tied_values(int64_t n, uint32_t seed, int distinct = 7) {
 
 using testing::gaussian;
 
+// Magnitudes a few ulps apart (consecutive bit patterns, random signs): every bit of a radix
+// select on the bit patterns decides something.
+std::vector<float> adjacent_values(int64_t n, uint32_t seed, int distinct) {
+  std::mt19937 engine(seed);
+  std::uniform_int_distribution<uint32_t> level(0, static_cast<uint32_t>(distinct - 1));
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) {
+    const uint32_t bits = 0x3F800000u + level(engine) + ((engine() & 1) ? 0x80000000u : 0u);
+    std::memcpy(&x, &bits, 4);
+  }
+  return v;
+}
+
 // The reference: indices (ascending) of the k largest |x| of `values`, ties to the lower index,
 // from a sorted copy.
 std::vector<int64_t> reference_top(const std::vector<float>& values, int64_t k) {
@@ -156,14 +169,16 @@ TEST(AdtopkTest, RowScalesChangingBetweenStepsStillSelectTheReference) {
   }
 }
 
-TEST(AdtopkTest, KernelMatchesSortedReference) {
+void expect_kernel_matches_sorted_reference() {
   std::mt19937 engine(9);
   uint32_t chained = 0;  // carried from call to call, as rows of one tensor do
   for (int trial = 0; trial < 400; ++trial) {
-    const size_t n = 1 + engine() % 3000;
+    // Runs up to 8192 take the two-pass selection, longer ones the hinted single pass.
+    const size_t n = 1 + engine() % (trial % 4 == 1 ? 30000 : 3000);
     const size_t k = 1 + engine() % (trial % 3 == 0 ? n : std::max<size_t>(1, n / 20));
-    const auto x = trial % 2 == 0 ? tied_values(static_cast<int64_t>(n), trial, 1 + trial % 9)
-                                  : gaussian(static_cast<int64_t>(n), trial);
+    const auto x = trial % 5 == 2   ? adjacent_values(static_cast<int64_t>(n), trial, 2 + trial % 7)
+                   : trial % 2 == 0 ? tied_values(static_cast<int64_t>(n), trial, 1 + trial % 9)
+                                    : gaussian(static_cast<int64_t>(n), trial);
     const auto expected = reference_top(x, static_cast<int64_t>(k));
     // A hint far too high forces the retries; a zero hint admits everything first.
     for (float hint_value : {0.0f, 1e30f, 0.3f}) {
@@ -180,6 +195,17 @@ TEST(AdtopkTest, KernelMatchesSortedReference) {
                                          out.data(), &chained);
     ASSERT_TRUE(std::equal(out.begin(), out.end(), expected.begin())) << "n " << n << " k " << k;
   }
+}
+
+TEST(AdtopkTest, KernelMatchesSortedReference) {
+  // Every instruction set's kernels on this CPU: AVX-512 (where present), AVX2 and the baseline.
+  for (auto isa : {adtopk_detail::KernelIsa::kByCpu, adtopk_detail::KernelIsa::kAvx2,
+                   adtopk_detail::KernelIsa::kBaseline}) {
+    adtopk_detail::force_kernels_for_testing(isa);
+    SCOPED_TRACE("isa " + std::to_string(static_cast<int>(isa)));
+    expect_kernel_matches_sorted_reference();
+  }
+  adtopk_detail::force_kernels_for_testing(adtopk_detail::KernelIsa::kByCpu);
 }
 
 TEST(AdtopkTest, KernelMatchesSortedReferenceOnChainsOfTiedRows) {
