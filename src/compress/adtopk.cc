@@ -38,6 +38,7 @@
 #include "compress/compressor_base.h"
 #include "compress/registry.h"
 #include "compress/sparse_payload.h"
+#include "core/elementwise.h"
 #include "core/thread_pool.h"
 
 namespace frugal {
@@ -211,6 +212,21 @@ class AdtopkCompressor final : public CompressorBase {
   Status subtract_own_payload(TensorId id, ConstBytes payload, MutableView target) override {
     FRUGAL_RETURN_IF_ERROR(check_view(id, target, "target"));
     return accumulate(id, payload, target.typed<float>(), -1.0f);
+  }
+
+  // Fixed payloads touch k of every d1 elements of a row: zeroing, adding the n payloads and
+  // dividing one row (axis 0) at a time, while it sits in cache, writes the target once where
+  // the default's three passes (zero, scatter, divide) each stream it through memory.
+  Status decompress_gathered(TensorId id, std::span<const ConstBytes> payloads, MutableView target,
+                             float divisor) override {
+    FRUGAL_RETURN_IF_ERROR(check_view(id, target, "target"));
+    const Layout& l = layouts_[static_cast<size_t>(id)];
+    if (options_.interleave || l.dense || l.slices == 0) {
+      return Compressor::decompress_gathered(id, payloads, target, divisor);
+    }
+    for (const ConstBytes& payload : payloads) FRUGAL_RETURN_IF_ERROR(check_fixed(id, l, payload));
+    return l.index_bytes == 2 ? gather_rows<uint16_t>(l, payloads, target.typed<float>(), divisor)
+                              : gather_rows<uint32_t>(l, payloads, target.typed<float>(), divisor);
   }
 
   StateDict export_state() const override {
@@ -527,34 +543,42 @@ class AdtopkCompressor final : public CompressorBase {
 
   Status accumulate_fixed(TensorId id, const Layout& l, ConstBytes payload, std::span<float> accum,
                           float scale) {
+    // Checked whole before accum is touched, so a corrupt payload changes nothing.
+    FRUGAL_RETURN_IF_ERROR(check_fixed(id, l, payload));
+    return dispatch_value([&]<DType V>() {
+      if (l.dense) {
+        constexpr size_t width = value_width(V);
+        for (size_t i = 0; i < accum.size(); ++i) {
+          accum[i] += scale * load_value<V>(payload.data() + width * i);
+        }
+      } else if (l.index_bytes == 2) {
+        scatter_rows<uint16_t, V>(l, payload, accum.data(), 0, static_cast<size_t>(l.d0), scale);
+      } else {
+        scatter_rows<uint32_t, V>(l, payload, accum.data(), 0, static_cast<size_t>(l.d0), scale);
+      }
+      return Status::ok();
+    });
+  }
+
+  // A fixed payload's size, and (sparse layouts) every slice's indices: ascending and within
+  // axis 1.
+  Status check_fixed(TensorId id, const Layout& l, ConstBytes payload) const {
     if (payload.size() != l.fixed_bytes) {
       return corrupt_payload(id, std::to_string(payload.size()) + " bytes; expected " +
                                      std::to_string(l.fixed_bytes) + " for shape " +
                                      shape_to_string(tensor(id).shape));
     }
-    if (l.dense) {
-      return dispatch_value([&]<DType V>() {
-        constexpr size_t width = value_width(V);
-        for (size_t i = 0; i < accum.size(); ++i) {
-          accum[i] += scale * load_value<V>(payload.data() + width * i);
-        }
-        return Status::ok();
-      });
-    }
-    if (l.index_bytes == 2) return scatter_fixed<uint16_t>(id, l, payload, accum, scale);
-    return scatter_fixed<uint32_t>(id, l, payload, accum, scale);
+    if (l.dense) return Status::ok();
+    return l.index_bytes == 2 ? check_indices<uint16_t>(id, l, payload)
+                              : check_indices<uint32_t>(id, l, payload);
   }
 
   template <typename Index>
-  Status scatter_fixed(TensorId id, const Layout& l, ConstBytes payload, std::span<float> accum,
-                       float scale) {
+  Status check_indices(TensorId id, const Layout& l, ConstBytes payload) const {
     const auto k = static_cast<size_t>(l.k);
-    const auto slices = static_cast<size_t>(l.slices);
-    const size_t value_bytes = dtype_size(options_.value_dtype);
-    const std::byte* values = payload.data();
-    const std::byte* indices = values + slices * k * value_bytes;
-    // Validate every index before touching accum, so a corrupt payload changes nothing.
-    for (size_t s = 0; s < slices; ++s) {
+    const std::byte* indices =
+        payload.data() + static_cast<size_t>(l.slices) * k * dtype_size(options_.value_dtype);
+    for (size_t s = 0; s < static_cast<size_t>(l.slices); ++s) {
       int64_t previous = -1;
       for (size_t c = 0; c < k; ++c) {
         const int64_t index = load<Index>(indices + sizeof(Index) * (s * k + c));
@@ -568,17 +592,43 @@ class AdtopkCompressor final : public CompressorBase {
         previous = index;
       }
     }
+    return Status::ok();
+  }
+
+  // Adds scale x the entries of rows [begin, end) (axis 0) of a checked fixed payload.
+  template <typename Index, DType V>
+  void scatter_rows(const Layout& l, ConstBytes payload, float* accum, size_t begin, size_t end,
+                    float scale) const {
+    const auto k = static_cast<size_t>(l.k);
     const auto inner = static_cast<size_t>(l.inner);
     const auto d1 = static_cast<size_t>(l.d1);
+    const std::byte* values = payload.data();
+    const std::byte* indices = values + static_cast<size_t>(l.slices) * k * value_width(V);
+    for (size_t s = begin * inner; s < end * inner; ++s) {
+      // Slice s = i0 * inner + j starts at i0 * d1 * inner + j and strides by inner.
+      float* base = accum + (s / inner) * d1 * inner + s % inner;
+      for (size_t c = 0; c < k; ++c) {
+        const size_t position = s * k + c;
+        const size_t index = load<Index>(indices + sizeof(Index) * position);
+        base[index * inner] += scale * load_value<V>(values + value_width(V) * position);
+      }
+    }
+  }
+
+  // decompress_gathered's pass: per row of axis 0, zero it, add every rank's entries in rank
+  // order, divide it.
+  template <typename Index>
+  Status gather_rows(const Layout& l, std::span<const ConstBytes> payloads, std::span<float> target,
+                     float divisor) {
+    const size_t row = static_cast<size_t>(l.d1 * l.inner);
     return dispatch_value([&]<DType V>() {
-      for (size_t s = 0; s < slices; ++s) {
-        // Slice s = i0 * inner + j starts at i0 * d1 * inner + j and strides by inner.
-        float* base = accum.data() + (s / inner) * d1 * inner + s % inner;
-        for (size_t c = 0; c < k; ++c) {
-          const size_t position = s * k + c;
-          const size_t index = load<Index>(indices + sizeof(Index) * position);
-          base[index * inner] += scale * load_value<V>(values + value_width(V) * position);
+      for (size_t i0 = 0; i0 < static_cast<size_t>(l.d0); ++i0) {
+        float* begin = target.data() + i0 * row;
+        std::fill(begin, begin + row, 0.0f);
+        for (const ConstBytes& payload : payloads) {
+          scatter_rows<Index, V>(l, payload, target.data(), i0, i0 + 1, 1.0f);
         }
+        divide_floats(begin, row, divisor);
       }
       return Status::ok();
     });

@@ -119,6 +119,16 @@ class Compressor {
   // whose size or contents do not fit the tensor (indices out of range) with DataLoss.
   virtual Status decompress_accumulate(TensorId id, ConstBytes payload, MutableView accum) = 0;
 
+  // kGather: decodes every rank's payload for `id` into `target` (f32, the registered shape),
+  // overwriting it, and divides by `divisor` (as divide_floats does): target = (0 + d_0 + d_1 +
+  // ... in rank order) / divisor, where d_r decodes payloads[r]. Bit for bit what zeroing
+  // target, decompress_accumulate of each payload in order and a division give, which is the
+  // default. Compressors whose payloads touch few elements override it with one pass over
+  // target, a cache-sized block at a time, instead of three. Errors as decompress_accumulate
+  // (target is then unspecified).
+  virtual Status decompress_gathered(TensorId id, std::span<const ConstBytes> payloads,
+                                     MutableView target, float divisor);
+
   // Subtracts what this rank's own `payload` (just returned by compress) encodes from `target`:
   // error feedback's residual = compensated - decompress(compress(compensated)). The default
   // negates `target`, accumulates and negates again (exact); sparse compressors override it.

@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "core/elementwise.h"
+
 namespace frugal {
 
 std::string_view aggregation_name(Aggregation aggregation) {
@@ -33,6 +35,16 @@ size_t Compressor::chunk_payload_bytes(int64_t) const { return 0; }
 Status Compressor::reduce_chunk(TensorId, int, std::span<const ConstBytes>, MutableBytes,
                                 const StepInfo&) {
   return failed_precondition(spec() + " is not a two-phase compressor");
+}
+
+Status Compressor::decompress_gathered(TensorId id, std::span<const ConstBytes> payloads,
+                                       MutableView target, float divisor) {
+  std::memset(target.data, 0, target.bytes());
+  for (const ConstBytes& payload : payloads) {
+    FRUGAL_RETURN_IF_ERROR(decompress_accumulate(id, payload, target));
+  }
+  divide_floats(static_cast<float*>(target.data), static_cast<size_t>(target.numel()), divisor);
+  return Status::ok();
 }
 
 Status Compressor::subtract_own_payload(TensorId id, ConstBytes payload, MutableView target) {

@@ -63,6 +63,10 @@ class CompressorDecorator : public CompressorBase {
   Status decompress_accumulate(TensorId id, ConstBytes payload, MutableView accum) override {
     return inner_->decompress_accumulate(id, payload, accum);
   }
+  Status decompress_gathered(TensorId id, std::span<const ConstBytes> payloads, MutableView target,
+                             float divisor) override {
+    return inner_->decompress_gathered(id, payloads, target, divisor);
+  }
   Status subtract_own_payload(TensorId id, ConstBytes payload, MutableView target) override {
     return inner_->subtract_own_payload(id, payload, target);
   }

@@ -46,22 +46,41 @@ size_t SparseCompressor::encode(TensorId id, const ConstView& grad,
   return encode_sparse(grad.typed<float>(), indices, value_dtype_, out);
 }
 
-Status SparseCompressor::accumulate(TensorId id, ConstBytes payload, MutableView accum,
-                                    float scale) {
-  FRUGAL_RETURN_IF_ERROR(check_view(id, accum, "accumulator"));
+Result<SparsePayloadView> SparseCompressor::parse(TensorId id, ConstBytes payload) const {
   auto parsed = parse_sparse(payload, value_dtype_, numel(id));
   if (!parsed.is_ok()) return corrupt_payload(id, parsed.status().message());
   if (parsed->count > max_count(id)) {
     return corrupt_payload(id, std::to_string(parsed->count) + " entries; at most " +
                                    std::to_string(max_count(id)) + " expected");
   }
-  Status status = scatter_add_sparse(*parsed, accum.typed<float>(), scale);
+  return parsed;
+}
+
+Status SparseCompressor::accumulate(TensorId id, ConstBytes payload, MutableView accum,
+                                    float scale) {
+  FRUGAL_RETURN_IF_ERROR(check_view(id, accum, "accumulator"));
+  FRUGAL_ASSIGN_OR_RETURN(const SparsePayloadView parsed, parse(id, payload));
+  Status status = scatter_add_sparse(parsed, accum.typed<float>(), scale);
   if (!status.is_ok()) return corrupt_payload(id, status.message());
   return Status::ok();
 }
 
 Status SparseCompressor::decompress_accumulate(TensorId id, ConstBytes payload, MutableView accum) {
   return accumulate(id, payload, accum, 1.0f);
+}
+
+Status SparseCompressor::decompress_gathered(TensorId id, std::span<const ConstBytes> payloads,
+                                             MutableView target, float divisor) {
+  FRUGAL_RETURN_IF_ERROR(check_view(id, target, "target"));
+  std::vector<SparsePayloadView> parsed;
+  parsed.reserve(payloads.size());
+  for (const ConstBytes& payload : payloads) {
+    FRUGAL_ASSIGN_OR_RETURN(const SparsePayloadView view, parse(id, payload));
+    parsed.push_back(view);
+  }
+  Status status = gather_sparse(parsed, target.typed<float>(), divisor);
+  if (!status.is_ok()) return corrupt_payload(id, status.message());
+  return Status::ok();
 }
 
 Status SparseCompressor::subtract_own_payload(TensorId id, ConstBytes payload, MutableView target) {

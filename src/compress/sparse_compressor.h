@@ -38,6 +38,9 @@ class SparseCompressor : public CompressorBase {
     return sparse_payload_bytes(max_count(id), value_dtype_);
   }
   Status decompress_accumulate(TensorId id, ConstBytes payload, MutableView accum) override;
+  // One pass over target, a cache-sized block at a time (gather_sparse).
+  Status decompress_gathered(TensorId id, std::span<const ConstBytes> payloads, MutableView target,
+                             float divisor) override;
   // Sparse: touches only the payload's entries (target[i] -= value, exact as a subtraction).
   Status subtract_own_payload(TensorId id, ConstBytes payload, MutableView target) override;
 
@@ -60,6 +63,8 @@ class SparseCompressor : public CompressorBase {
 
  private:
   Status accumulate(TensorId id, ConstBytes payload, MutableView accum, float scale);
+  // A payload's header and size, checked against the tensor; DataLoss naming it otherwise.
+  Result<SparsePayloadView> parse(TensorId id, ConstBytes payload) const;
 
   DType value_dtype_;
 };

@@ -1,8 +1,11 @@
 #include "compress/sparse_payload.h"
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "compress/bytes.h"
+#include "core/elementwise.h"
 
 namespace frugal {
 size_t sparse_payload_bytes(int64_t count, DType value_dtype) {
@@ -81,6 +84,47 @@ Status scatter_add_sparse(const SparsePayloadView& payload, std::span<float> acc
     }
     accum[static_cast<size_t>(index)] += scale * payload.value(i);
     previous = index;
+  }
+  return Status::ok();
+}
+
+Status gather_sparse(std::span<const SparsePayloadView> payloads, std::span<float> target,
+                     float divisor) {
+  // 16 KiB: a block and the payloads' entries that land in it stay in L1 between its zeroing,
+  // the additions and the division.
+  constexpr size_t kBlockFloats = 4096;
+  const auto numel = static_cast<int64_t>(target.size());
+  std::vector<int64_t> next(payloads.size(), 0);  // per payload: its first entry not yet added
+  std::vector<int64_t> previous(payloads.size(), -1);
+  for (size_t begin = 0; begin < target.size(); begin += kBlockFloats) {
+    const size_t end = std::min(target.size(), begin + kBlockFloats);
+    std::fill(target.begin() + static_cast<ptrdiff_t>(begin),
+              target.begin() + static_cast<ptrdiff_t>(end), 0.0f);
+    for (size_t p = 0; p < payloads.size(); ++p) {
+      const SparsePayloadView& payload = payloads[p];
+      int64_t i = next[p];
+      for (; i < payload.count; ++i) {
+        const int64_t index = payload.index(i);
+        if (index >= static_cast<int64_t>(end)) break;  // a later block's, or out of range
+        if (index <= previous[p]) {
+          return data_loss("payload " + std::to_string(p) + ": sparse payload entry " +
+                           std::to_string(i) + " has index " + std::to_string(index) +
+                           " not above " + std::to_string(previous[p]));
+        }
+        target[static_cast<size_t>(index)] += payload.value(i);
+        previous[p] = index;
+      }
+      next[p] = i;
+    }
+    divide_floats(target.data() + begin, end - begin, divisor);
+  }
+  for (size_t p = 0; p < payloads.size(); ++p) {
+    if (next[p] < payloads[p].count) {
+      return data_loss("payload " + std::to_string(p) + ": sparse payload entry " +
+                       std::to_string(next[p]) + " has index " +
+                       std::to_string(payloads[p].index(next[p])) + " beyond " +
+                       std::to_string(numel - 1));
+    }
   }
   return Status::ok();
 }

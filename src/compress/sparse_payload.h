@@ -44,4 +44,12 @@ Result<SparsePayloadView> parse_sparse(ConstBytes payload, DType value_dtype, in
 Status scatter_add_sparse(const SparsePayloadView& payload, std::span<float> accum,
                           float scale = 1.0f);
 
+// target = (0 + the entries of payloads[0] + those of payloads[1] + ...) / divisor, summed in
+// payload order and divided as divide_floats does: bit for bit zeroing target, scatter_add_sparse
+// of each payload and a division. It works one cache-sized block of target at a time (zero, add
+// every payload's entries that fall in it, divide), so target is written once. DataLoss naming
+// the payload when an index is out of range or not ascending (target is then unspecified).
+Status gather_sparse(std::span<const SparsePayloadView> payloads, std::span<float> target,
+                     float divisor);
+
 }  // namespace frugal

@@ -7,6 +7,7 @@
 
 #include "compress/sparse_payload.h"
 #include "core/clock.h"
+#include "core/elementwise.h"
 
 namespace frugal {
 namespace {
@@ -56,7 +57,8 @@ Status CompressedExchange::timed(const char* what, ExchangeCounters& counters,
 }
 
 Status CompressedExchange::exchange(std::span<const CompressedUnit> units, const StepInfo& step,
-                                    ExchangeCounters& counters, MutableView riding_dense) {
+                                    ExchangeCounters& counters, float divisor,
+                                    MutableView riding_dense) {
   if (units.empty()) return Status::ok();
   if (riding_dense.data != nullptr && compressor_.aggregation() != Aggregation::kGather) {
     return internal_error("dense tensors can ride only in a gather, not with " +
@@ -64,17 +66,17 @@ Status CompressedExchange::exchange(std::span<const CompressedUnit> units, const
   }
   switch (compressor_.aggregation()) {
     case Aggregation::kGather:
-      return gather(units, riding_dense, counters);
+      return gather(units, divisor, riding_dense, counters);
     case Aggregation::kSum:
-      return sum(units, step, counters);
+      return sum(units, step, divisor, counters);
     case Aggregation::kTwoPhase:
-      return two_phase(units, step, counters);
+      return two_phase(units, step, divisor, counters);
   }
   return internal_error("unknown aggregation");
 }
 
-Status CompressedExchange::gather(std::span<const CompressedUnit> units, MutableView riding_dense,
-                                  ExchangeCounters& counters) {
+Status CompressedExchange::gather(std::span<const CompressedUnit> units, float divisor,
+                                  MutableView riding_dense, ExchangeCounters& counters) {
   const int n = comm_.size();
   const bool fixed = compressor_.fixed_size();
   // A rank's block: [u32 size per unit][payloads][riding dense f32 values]. Variable sizes
@@ -127,14 +129,17 @@ Status CompressedExchange::gather(std::span<const CompressedUnit> units, Mutable
 
   const int64_t decode_start = now_us();
   ScopedTraceEvent decode(timeline_, phase::kDecompress, lane_, compressor_.spec());
-  for (const CompressedUnit& u : units) zero(u.target);
-  if (dense_bytes > 0) zero(riding_dense);
+  // Split every rank's block (checking its layout), then decode unit by unit: each unit's n
+  // payloads in one decompress_gathered, which writes its target once.
+  const size_t u_count = units.size();
+  std::vector<ConstBytes> payloads(u_count * static_cast<size_t>(n));  // [unit][rank]
+  std::vector<const std::byte*> dense_parts(static_cast<size_t>(n));
   size_t block = 0;
   for (int r = 0; r < n; ++r) {
     const std::byte* base = recv_.data() + block;
     const size_t block_bytes = counts[static_cast<size_t>(r)];
     size_t at = header;
-    for (size_t i = 0; i < units.size(); ++i) {
+    for (size_t i = 0; i < u_count; ++i) {
       const size_t size = fixed ? compressor_.max_compressed_bytes(units[i].unit)
                                 : read_u32(base + i * sizeof(uint32_t));
       if (at + size > block_bytes) {
@@ -142,8 +147,7 @@ Status CompressedExchange::gather(std::span<const CompressedUnit> units, Mutable
                          std::to_string(block_bytes) + " bytes is too short for '" +
                          compressor_.tensor(units[i].unit).name + "'");
       }
-      FRUGAL_RETURN_IF_ERROR(compressor_.decompress_accumulate(
-          units[i].unit, ConstBytes(base + at, size), units[i].target));
+      payloads[i * static_cast<size_t>(n) + static_cast<size_t>(r)] = ConstBytes(base + at, size);
       at += size;
     }
     if (at + dense_bytes != block_bytes) {
@@ -151,15 +155,27 @@ Status CompressedExchange::gather(std::span<const CompressedUnit> units, Mutable
                        std::to_string(block_bytes) + " bytes, expected " +
                        std::to_string(at + dense_bytes));
     }
-    add_floats(static_cast<float*>(riding_dense.data), base + at, dense_bytes / sizeof(float));
+    dense_parts[static_cast<size_t>(r)] = base + at;
     block += block_bytes;
+  }
+  for (size_t i = 0; i < u_count; ++i) {
+    const std::span<const ConstBytes> all(payloads.data() + i * static_cast<size_t>(n),
+                                          static_cast<size_t>(n));
+    FRUGAL_RETURN_IF_ERROR(
+        compressor_.decompress_gathered(units[i].unit, all, units[i].target, divisor));
+  }
+  if (dense_bytes > 0) {
+    zero(riding_dense);
+    auto* dense = static_cast<float*>(riding_dense.data);
+    for (const std::byte* part : dense_parts) add_floats(dense, part, dense_bytes / sizeof(float));
+    divide_floats(dense, dense_bytes / sizeof(float), divisor);
   }
   counters.decompress_us += now_us() - decode_start;
   return Status::ok();
 }
 
 Status CompressedExchange::sum(std::span<const CompressedUnit> units, const StepInfo& step,
-                               ExchangeCounters& counters) {
+                               float divisor, ExchangeCounters& counters) {
   const DType dtype = compressor_.payload_dtype();
   const size_t element = dtype_size(dtype);
   const int n = comm_.size();
@@ -213,6 +229,8 @@ Status CompressedExchange::sum(std::span<const CompressedUnit> units, const Step
         zero(units[i].target);
         FRUGAL_RETURN_IF_ERROR(
             compressor_.decompress_accumulate(units[i].unit, this_unit, units[i].target));
+        divide_floats(static_cast<float*>(units[i].target.data),
+                      static_cast<size_t>(numel_of(units[i].target)), divisor);
       }
     }
     counters.decompress_us += now_us() - decode_start;
@@ -221,7 +239,7 @@ Status CompressedExchange::sum(std::span<const CompressedUnit> units, const Step
 }
 
 Status CompressedExchange::two_phase(std::span<const CompressedUnit> units, const StepInfo& step,
-                                     ExchangeCounters& counters) {
+                                     float divisor, ExchangeCounters& counters) {
   const int n = comm_.size();
   const int me = comm_.rank();
   const size_t u_count = units.size();
@@ -318,6 +336,8 @@ Status CompressedExchange::two_phase(std::span<const CompressedUnit> units, cons
     zero(units[i].target);
     FRUGAL_RETURN_IF_ERROR(
         compressor_.decompress_accumulate(units[i].unit, assembled, units[i].target));
+    divide_floats(static_cast<float*>(units[i].target.data),
+                  static_cast<size_t>(numel_of(units[i].target)), divisor);
   }
   counters.decompress_us += now_us() - decode_start;
   return Status::ok();

@@ -5,7 +5,7 @@
 //
 //   kGather    fixed-size payloads (ADTopk): one allgather, no size exchange;
 //              variable sizes: allgather of each rank's byte count, then allgatherv of
-//              [u32 size per unit][payloads]; decompress_accumulate every rank's payloads.
+//              [u32 size per unit][payloads]; decompress_gathered of every unit's n payloads.
 //   kSum       allreduce of the concatenated payloads as payload_dtype, round after round
 //              (PowerSGD's P then Q through next_round); decompress_accumulate the reduced one.
 //   kTwoPhase  alltoallv sends chunk c of every unit to rank c; rank c reduce_chunk()s the world's
@@ -36,7 +36,7 @@ namespace frugal {
 struct CompressedUnit {
   TensorId unit = 0;   // the compressor's id
   ConstBytes payload;  // this rank's payload, as compress() returned it
-  MutableView target;  // f32; overwritten with the sum over ranks of the decoded payloads
+  MutableView target;  // f32; overwritten with the decoded payloads' sum over ranks / divisor
 };
 
 class CompressedExchange {
@@ -47,19 +47,20 @@ class CompressedExchange {
                      int lane = 0);
 
   // Exchanges `units` (the same units in the same order on every rank) and writes into each
-  // target the sum over ranks; the caller divides by the world size. Adds bytes on the wire
-  // (per the collectives' ring cost model), communication and decompression time to `counters`.
-  // `riding_dense` (f32, same size on every rank; kGather only, else empty) is overwritten with
-  // its sum over ranks, exchanged inside the gather.
+  // target the sum over ranks divided by `divisor` (the world size for the average, 1 for the
+  // sum; divide_floats's rounding). Adds bytes on the wire (per the collectives' ring cost
+  // model), communication and decompression time to `counters`. `riding_dense` (f32, same size
+  // on every rank; kGather only, else empty) is overwritten likewise with its sum over ranks /
+  // divisor, exchanged inside the gather.
   Status exchange(std::span<const CompressedUnit> units, const StepInfo& step,
-                  ExchangeCounters& counters, MutableView riding_dense = {});
+                  ExchangeCounters& counters, float divisor, MutableView riding_dense = {});
 
  private:
-  Status gather(std::span<const CompressedUnit> units, MutableView riding_dense,
+  Status gather(std::span<const CompressedUnit> units, float divisor, MutableView riding_dense,
                 ExchangeCounters& counters);
-  Status sum(std::span<const CompressedUnit> units, const StepInfo& step,
+  Status sum(std::span<const CompressedUnit> units, const StepInfo& step, float divisor,
              ExchangeCounters& counters);
-  Status two_phase(std::span<const CompressedUnit> units, const StepInfo& step,
+  Status two_phase(std::span<const CompressedUnit> units, const StepInfo& step, float divisor,
                    ExchangeCounters& counters);
   // Runs a collective, timing it into counters.comm_us and naming it in errors.
   template <typename Collective>

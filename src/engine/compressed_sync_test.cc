@@ -325,8 +325,9 @@ TEST(CompressedSync, DenseBelowCutOffIsExactAndWireBytesAddUp) {
 }
 
 // Dense tensors riding in the gather: the payloads decode exactly as without them, the dense
-// values become the sum over ranks in rank order, and the bytes grow by (n-1) copies of them.
-TEST(CompressedSync, DenseValuesRidingTheGatherAreSummedInRankOrder) {
+// values become the sum over ranks in rank order divided by the divisor, and the bytes grow by
+// (n-1) copies of them.
+TEST(CompressedSync, DenseValuesRidingTheGatherAreAveragedInRankOrder) {
   constexpr int kWorld = 3;
   const Model model = small_model();
   for (const char* spec : {"topk:density=0.05", "adtopk:density=0.1"}) {  // variable, fixed
@@ -360,8 +361,10 @@ TEST(CompressedSync, DenseValuesRidingTheGatherAreSummedInRankOrder) {
         const MutableView ride =
             riding == 1 ? flat_view(dense.data(), DType::kF32, static_cast<int64_t>(dense.size()))
                         : MutableView{};
-        ASSERT_TRUE(
-            exchange.exchange(units, StepInfo{0, 0}, riding == 1 ? with : without, ride).is_ok());
+        ASSERT_TRUE(exchange
+                        .exchange(units, StepInfo{0, 0}, riding == 1 ? with : without,
+                                  static_cast<float>(kWorld), ride)
+                        .is_ok());
         targets[static_cast<size_t>(riding)] = out;
       }
       EXPECT_EQ(targets[0], targets[1]);
@@ -371,6 +374,7 @@ TEST(CompressedSync, DenseValuesRidingTheGatherAreSummedInRankOrder) {
         for (size_t i = 0; i < grads[1].size(); ++i) expected[i] += other[1][i];
         for (size_t i = 0; i < grads[3].size(); ++i) expected[grads[1].size() + i] += other[3][i];
       }
+      for (float& e : expected) e /= static_cast<float>(kWorld);
       EXPECT_EQ(dense, expected);
       EXPECT_EQ(with.bytes_sent - without.bytes_sent,
                 static_cast<int64_t>((kWorld - 1) * dense.size() * sizeof(float)));

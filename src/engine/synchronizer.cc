@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "core/clock.h"
+#include "core/elementwise.h"
 #include "core/logging.h"
 #include "core/stats.h"
 #include "engine/link_probe.h"
@@ -22,13 +23,6 @@ constexpr int kCompressLane = 2;
 std::string bucket_detail(const Bucket& bucket) {
   return "bucket " + std::to_string(bucket.index) + ", " + std::to_string(bucket.tensors.size()) +
          " tensors, " + std::to_string(bucket.bytes) + " bytes";
-}
-
-void divide(float* data, size_t count, float divisor) {
-  // Division (not multiplication by 1/n) so that the result is the correctly rounded average of
-  // the reduced sum, the same on every rank.
-  if (divisor == 1.0f) return;
-  for (size_t i = 0; i < count; ++i) data[i] /= divisor;
 }
 
 }  // namespace
@@ -632,27 +626,26 @@ Status Synchronizer::run_bucket(int index, ExchangeCounters& counters) {
     counters.bytes_received += wire;
   }
   if (!units.empty()) {
-    FRUGAL_RETURN_IF_ERROR(compressed_exchange_->exchange(units, step_info(), counters,
+    FRUGAL_RETURN_IF_ERROR(compressed_exchange_->exchange(units, step_info(), counters, divisor,
                                                           riding ? dense : MutableView{}));
   }
 
   ScopedTraceEvent unpack(state.fusion_buffer.empty() ? nullptr : options_.timeline, phase::kFuse,
                           kCommLane, "unpack " + bucket_detail(bucket));
+  // The exchange averaged what it carried (compressed units and riding dense values); an
+  // allreduced dense part is a sum still. Division (not multiplication by 1/n, unless n is a
+  // power of two) gives the correctly rounded average, the same on every rank.
   for (const TensorSlot& slot : bucket.tensors) {
     float* target = static_cast<float*>(grads_[static_cast<size_t>(slot.id)].data);
     const size_t count = slot.bytes / sizeof(float);
+    const bool averaged = slot.compressed || riding;
     const bool in_gradient =
         (slot.compressed && !bucket.compress_fused) || (!slot.compressed && state.dense_in_place);
-    if (in_gradient) {
-      divide(target, count, divisor);
-      continue;
+    if (!in_gradient) {
+      std::memcpy(target, state.fusion_buffer.data() + slot.offset_bytes / sizeof(float),
+                  slot.bytes);
     }
-    const float* source = state.fusion_buffer.data() + slot.offset_bytes / sizeof(float);
-    if (divisor == 1.0f) {
-      std::memcpy(target, source, slot.bytes);
-    } else {
-      for (size_t i = 0; i < count; ++i) target[i] = source[i] / divisor;
-    }
+    if (!averaged) divide_floats(target, count, divisor);
   }
   return Status::ok();
 }
