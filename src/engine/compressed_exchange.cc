@@ -13,6 +13,9 @@ namespace frugal {
 namespace {
 
 void zero(MutableView view) { std::memset(view.data, 0, view.bytes()); }
+void divide(MutableView view, float divisor) {
+  divide_floats(static_cast<float*>(view.data), static_cast<size_t>(view.numel()), divisor);
+}
 
 int64_t numel_of(const MutableView& view) { return view.numel(); }
 
@@ -229,8 +232,7 @@ Status CompressedExchange::sum(std::span<const CompressedUnit> units, const Step
         zero(units[i].target);
         FRUGAL_RETURN_IF_ERROR(
             compressor_.decompress_accumulate(units[i].unit, this_unit, units[i].target));
-        divide_floats(static_cast<float*>(units[i].target.data),
-                      static_cast<size_t>(numel_of(units[i].target)), divisor);
+        divide(units[i].target, divisor);
       }
     }
     counters.decompress_us += now_us() - decode_start;
@@ -336,8 +338,7 @@ Status CompressedExchange::two_phase(std::span<const CompressedUnit> units, cons
     zero(units[i].target);
     FRUGAL_RETURN_IF_ERROR(
         compressor_.decompress_accumulate(units[i].unit, assembled, units[i].target));
-    divide_floats(static_cast<float*>(units[i].target.data),
-                  static_cast<size_t>(numel_of(units[i].target)), divisor);
+    divide(units[i].target, divisor);
   }
   counters.decompress_us += now_us() - decode_start;
   return Status::ok();
