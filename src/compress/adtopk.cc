@@ -364,11 +364,11 @@ class AdtopkCompressor final : public CompressorBase {
   }
 
   // Selects and writes the slices of rows [begin, end) of axis 0. row_hints[i0] is row i0's k-th
-  // magnitude at the previous step (0: none yet), the selection's starting bound. Neighbouring
-  // rows can differ in scale by 10x and more, which makes the previous row a poor guess: on
-  // 2048x2048 with log-normal row scales (sigma 1) this takes 5 ms against 15 ms. In mlp training
-  // on Fashion-MNIST it made no measurable difference (the selection stayed 17% of the CPU), so
-  // the rows there are alike and the cost lies elsewhere.
+  // magnitude at the previous step (0: none yet), the starting bound of slices longer than 8192
+  // elements (shorter ones bound themselves; see select_top_magnitudes). Neighbouring rows can
+  // differ in scale by 10x and more, which makes the previous row a poor guess. In mlp training
+  // the same row's scale also moved enough between steps that 60% of the guesses missed and
+  // were retried, which is why short slices no longer use them.
   bool encode_rows(const Layout& l, const uint32_t* bits, size_t begin, size_t end,
                    uint32_t* row_hints, std::byte* out) const {
     thread_local std::vector<uint32_t> selected;
