@@ -1,5 +1,5 @@
 // The compressed exchange of one bucket: the collective that each Aggregation kind needs, then
-// decompress-accumulate of every rank's contribution into the gradients. Payloads are compressed
+// every rank's contribution decoded into the gradients and averaged. Payloads are compressed
 // beforehand (by the Synchronizer's compression thread, as soon as each gradient is ready); this
 // module only moves and decodes them, on the communication thread.
 //
