@@ -72,16 +72,23 @@ Result<SparsePayloadView> parse_sparse(ConstBytes payload, DType value_dtype, in
   return view;
 }
 
+namespace {
+
+// Entry `entry`'s index is out of range (>= numel) or not above the previous entry's.
+Status bad_index(int64_t entry, int64_t index, int64_t previous, int64_t numel) {
+  return data_loss("sparse payload entry " + std::to_string(entry) + " has index " +
+                   std::to_string(index) + (index >= numel ? " beyond " : " not above ") +
+                   std::to_string(index >= numel ? numel - 1 : previous));
+}
+
+}  // namespace
+
 Status scatter_add_sparse(const SparsePayloadView& payload, std::span<float> accum, float scale) {
   const auto numel = static_cast<int64_t>(accum.size());
   int64_t previous = -1;
   for (int64_t i = 0; i < payload.count; ++i) {
     const int64_t index = payload.index(i);
-    if (index >= numel || index <= previous) {
-      return data_loss("sparse payload entry " + std::to_string(i) + " has index " +
-                       std::to_string(index) + (index >= numel ? " beyond " : " not above ") +
-                       std::to_string(index >= numel ? numel - 1 : previous));
-    }
+    if (index >= numel || index <= previous) return bad_index(i, index, previous, numel);
     accum[static_cast<size_t>(index)] += scale * payload.value(i);
     previous = index;
   }
@@ -107,9 +114,8 @@ Status gather_sparse(std::span<const SparsePayloadView> payloads, std::span<floa
         const int64_t index = payload.index(i);
         if (index >= static_cast<int64_t>(end)) break;  // a later block's, or out of range
         if (index <= previous[p]) {
-          return data_loss("payload " + std::to_string(p) + ": sparse payload entry " +
-                           std::to_string(i) + " has index " + std::to_string(index) +
-                           " not above " + std::to_string(previous[p]));
+          return bad_index(i, index, previous[p], numel)
+              .with_context("payload " + std::to_string(p));
         }
         target[static_cast<size_t>(index)] += payload.value(i);
         previous[p] = index;
@@ -119,11 +125,9 @@ Status gather_sparse(std::span<const SparsePayloadView> payloads, std::span<floa
     divide_floats(target.data() + begin, end - begin, divisor);
   }
   for (size_t p = 0; p < payloads.size(); ++p) {
-    if (next[p] < payloads[p].count) {
-      return data_loss("payload " + std::to_string(p) + ": sparse payload entry " +
-                       std::to_string(next[p]) + " has index " +
-                       std::to_string(payloads[p].index(next[p])) + " beyond " +
-                       std::to_string(numel - 1));
+    if (next[p] < payloads[p].count) {  // an index at or beyond numel stopped it
+      return bad_index(next[p], payloads[p].index(next[p]), previous[p], numel)
+          .with_context("payload " + std::to_string(p));
     }
   }
   return Status::ok();
