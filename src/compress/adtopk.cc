@@ -595,9 +595,10 @@ class AdtopkCompressor final : public CompressorBase {
     return Status::ok();
   }
 
-  // Adds scale x the entries of rows [begin, end) (axis 0) of a checked fixed payload.
+  // Adds scale x the entries of rows [begin, end) (axis 0) of a checked fixed payload to those
+  // rows, which start at `rows` (row `begin` of the accumulator).
   template <typename Index, DType V>
-  void scatter_rows(const Layout& l, ConstBytes payload, float* accum, size_t begin, size_t end,
+  void scatter_rows(const Layout& l, ConstBytes payload, float* rows, size_t begin, size_t end,
                     float scale) const {
     const auto k = static_cast<size_t>(l.k);
     const auto inner = static_cast<size_t>(l.inner);
@@ -606,7 +607,7 @@ class AdtopkCompressor final : public CompressorBase {
     const std::byte* indices = values + static_cast<size_t>(l.slices) * k * value_width(V);
     for (size_t s = begin * inner; s < end * inner; ++s) {
       // Slice s = i0 * inner + j starts at i0 * d1 * inner + j and strides by inner.
-      float* base = accum + (s / inner) * d1 * inner + s % inner;
+      float* base = rows + (s / inner - begin) * d1 * inner + s % inner;
       for (size_t c = 0; c < k; ++c) {
         const size_t position = s * k + c;
         const size_t index = load<Index>(indices + sizeof(Index) * position);
@@ -616,23 +617,35 @@ class AdtopkCompressor final : public CompressorBase {
   }
 
   // decompress_gathered's pass: per row of axis 0, zero it, add every rank's entries in rank
-  // order, divide it.
+  // order, divide it. A large target's rows are built in a cached scratch row and streamed out
+  // (divide_floats_streaming), so the target is written once and never read.
   template <typename Index>
   Status gather_rows(const Layout& l, std::span<const ConstBytes> payloads, std::span<float> target,
                      float divisor) {
     const size_t row = static_cast<size_t>(l.d1 * l.inner);
+    const bool stream = target.size_bytes() >= kStreamingResultBytes && row <= kMaxScratchFloats;
+    std::vector<float> scratch(stream ? row : 0);
     return dispatch_value([&]<DType V>() {
       for (size_t i0 = 0; i0 < static_cast<size_t>(l.d0); ++i0) {
-        float* begin = target.data() + i0 * row;
-        std::fill(begin, begin + row, 0.0f);
+        float* out = target.data() + i0 * row;
+        float* work = stream ? scratch.data() : out;
+        std::fill(work, work + row, 0.0f);
         for (const ConstBytes& payload : payloads) {
-          scatter_rows<Index, V>(l, payload, target.data(), i0, i0 + 1, 1.0f);
+          scatter_rows<Index, V>(l, payload, work, i0, i0 + 1, 1.0f);
         }
-        divide_floats(begin, row, divisor);
+        if (stream) {
+          divide_floats_streaming(out, work, row, divisor);
+        } else {
+          divide_floats(out, row, divisor);
+        }
       }
       return Status::ok();
     });
   }
+
+  // A scratch row must stay cached from its zeroing to its streaming out; longer rows (over
+  // 64 KiB) are built in place.
+  static constexpr size_t kMaxScratchFloats = 16384;
 
   AdtopkOptions options_;
   std::vector<Layout> layouts_;

@@ -12,6 +12,7 @@
 #include "compress/registry.h"
 #include "compress/testing/serial_exchange.h"
 #include "compress/testing/test_data.h"
+#include "core/elementwise.h"
 
 namespace frugal {
 namespace {
@@ -55,6 +56,8 @@ class ContractTest : public ::testing::TestWithParam<std::string> {
     out.resize(*used);
     return out;
   }
+
+  void check_decompress_gathered(int world, const std::vector<Shape>& shapes);
 };
 
 const std::vector<Shape> kShapes = {{0}, {1}, {7}, {1031}, {64, 33}, {8, 5, 3, 3}, {256, 400}};
@@ -142,55 +145,65 @@ TEST_P(ContractTest, TruncatedPayloadIsRejected) {
 // decompress_gathered (one pass in the sparse and ADTopk overrides) against its definition: zero,
 // decompress_accumulate of each rank's payload in rank order, divide. Bit for bit, for world
 // sizes 1 to 4 (powers of two divide by multiplying), shapes spanning several of the sparse
-// pass's 4096-element blocks, a 4-D (strided ADTopk slices) and a 1-D tensor.
-TEST_P(ContractTest, DecompressGatheredEqualsZeroAccumulateDivide) {
-  const std::vector<Shape> shapes = {{48, 40}, {100, 130}, {8, 6, 3, 3}, {5}};
-  for (int world = 1; world <= 4; ++world) {
-    std::vector<std::unique_ptr<Compressor>> ranks;
-    for (int r = 0; r < world; ++r) {
-      ranks.push_back(make(world));
-      ASSERT_NE(ranks.back(), nullptr);
-      for (size_t t = 0; t < shapes.size(); ++t) {
-        ASSERT_TRUE(ranks.back()->register_tensor({"t" + std::to_string(t), shapes[t]}).is_ok());
-      }
-    }
-    if (ranks[0]->aggregation() != Aggregation::kGather) GTEST_SKIP() << "not a gather kind";
+// pass's 4096-element blocks, a 4-D (strided ADTopk slices) and a 1-D tensor. A truncated payload
+// among them is DataLoss.
+void ContractTest::check_decompress_gathered(int world, const std::vector<Shape>& shapes) {
+  std::vector<std::unique_ptr<Compressor>> ranks;
+  for (int r = 0; r < world; ++r) {
+    ranks.push_back(make(world));
+    ASSERT_NE(ranks.back(), nullptr);
     for (size_t t = 0; t < shapes.size(); ++t) {
-      const auto id = static_cast<TensorId>(t);
-      const int64_t numel = shape_numel(shapes[t]);
-      std::vector<std::vector<std::byte>> payloads;
-      for (int r = 0; r < world; ++r) {
-        payloads.push_back(compress(*ranks[r], id, gaussian(numel, 70 + 10 * r + t), 0));
-      }
-      std::vector<float> expected(static_cast<size_t>(numel), 0.0f);
-      for (const auto& payload : payloads) {
-        ASSERT_TRUE(
-            ranks[0]
-                ->decompress_accumulate(id, payload, {expected.data(), DType::kF32, shapes[t]})
-                .is_ok());
-      }
-      for (float& v : expected) v /= static_cast<float>(world);
-      std::vector<float> got(static_cast<size_t>(numel), 123.0f);  // overwritten, not added to
-      const std::vector<ConstBytes> views(payloads.begin(), payloads.end());
-      Status status = ranks[0]->decompress_gathered(id, views, {got.data(), DType::kF32, shapes[t]},
-                                                    static_cast<float>(world));
-      ASSERT_TRUE(status.is_ok()) << status.to_string();
-      for (size_t i = 0; i < got.size(); ++i) {
-        ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(expected[i]))
-            << "world " << world << " shape " << shape_to_string(shapes[t]) << " [" << i << "]";
-      }
-      // A truncated payload among them is rejected.
-      std::vector<std::byte> truncated = payloads.back();
-      truncated.pop_back();
-      std::vector<ConstBytes> bad = views;
-      bad.back() = truncated;
-      EXPECT_EQ(ranks[0]
-                    ->decompress_gathered(id, bad, {got.data(), DType::kF32, shapes[t]},
-                                          static_cast<float>(world))
-                    .code(),
-                StatusCode::kDataLoss);
+      ASSERT_TRUE(ranks.back()->register_tensor({"t" + std::to_string(t), shapes[t]}).is_ok());
     }
   }
+  if (ranks[0]->aggregation() != Aggregation::kGather) GTEST_SKIP() << "not a gather kind";
+  for (size_t t = 0; t < shapes.size(); ++t) {
+    const auto id = static_cast<TensorId>(t);
+    const int64_t numel = shape_numel(shapes[t]);
+    std::vector<std::vector<std::byte>> payloads;
+    for (int r = 0; r < world; ++r) {
+      payloads.push_back(compress(*ranks[r], id, gaussian(numel, 70 + 10 * r + t), 0));
+    }
+    std::vector<float> expected(static_cast<size_t>(numel), 0.0f);
+    for (const auto& payload : payloads) {
+      ASSERT_TRUE(
+          ranks[0]
+              ->decompress_accumulate(id, payload, {expected.data(), DType::kF32, shapes[t]})
+              .is_ok());
+    }
+    for (float& v : expected) v /= static_cast<float>(world);
+    std::vector<float> got(static_cast<size_t>(numel), 123.0f);  // overwritten, not added to
+    const std::vector<ConstBytes> views(payloads.begin(), payloads.end());
+    Status status = ranks[0]->decompress_gathered(id, views, {got.data(), DType::kF32, shapes[t]},
+                                                  static_cast<float>(world));
+    ASSERT_TRUE(status.is_ok()) << status.to_string();
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(expected[i]))
+          << "world " << world << " shape " << shape_to_string(shapes[t]) << " [" << i << "]";
+    }
+    std::vector<std::byte> truncated = payloads.back();
+    truncated.pop_back();
+    std::vector<ConstBytes> bad = views;
+    bad.back() = truncated;
+    EXPECT_EQ(ranks[0]
+                  ->decompress_gathered(id, bad, {got.data(), DType::kF32, shapes[t]},
+                                        static_cast<float>(world))
+                  .code(),
+              StatusCode::kDataLoss);
+  }
+}
+
+TEST_P(ContractTest, DecompressGatheredEqualsZeroAccumulateDivide) {
+  for (int world = 1; world <= 4; ++world) {
+    check_decompress_gathered(world, {{48, 40}, {100, 130}, {8, 6, 3, 3}, {5}});
+  }
+}
+
+// Targets of kStreamingResultBytes and more are built in scratch and streamed out: the same bits.
+// 1030-float rows put every row at a different 16-byte alignment (the streaming loop's head).
+TEST_P(ContractTest, DecompressGatheredStreamsLargeTargetsBitForBit) {
+  const int64_t rows = static_cast<int64_t>(kStreamingResultBytes / (1030 * sizeof(float))) + 1;
+  for (int world : {3, 4}) check_decompress_gathered(world, {{rows, 1030}});
 }
 
 TEST_P(ContractTest, GatherEqualsSerialSumOfDecompressions) {

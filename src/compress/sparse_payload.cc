@@ -98,15 +98,19 @@ Status scatter_add_sparse(const SparsePayloadView& payload, std::span<float> acc
 Status gather_sparse(std::span<const SparsePayloadView> payloads, std::span<float> target,
                      float divisor) {
   // 16 KiB: a block and the payloads' entries that land in it stay in L1 between its zeroing,
-  // the additions and the division.
+  // the additions and the division. A large target's blocks are built in a scratch block and
+  // streamed out (divide_floats_streaming), so the target is written once and never read.
   constexpr size_t kBlockFloats = 4096;
   const auto numel = static_cast<int64_t>(target.size());
+  const bool stream = target.size_bytes() >= kStreamingResultBytes;
+  std::vector<float> scratch(stream ? kBlockFloats : 0);
   std::vector<int64_t> next(payloads.size(), 0);  // per payload: its first entry not yet added
   std::vector<int64_t> previous(payloads.size(), -1);
   for (size_t begin = 0; begin < target.size(); begin += kBlockFloats) {
     const size_t end = std::min(target.size(), begin + kBlockFloats);
-    std::fill(target.begin() + static_cast<ptrdiff_t>(begin),
-              target.begin() + static_cast<ptrdiff_t>(end), 0.0f);
+    float* out = target.data() + begin;
+    float* work = stream ? scratch.data() : out;  // work[i - begin] is element i
+    std::fill(work, work + (end - begin), 0.0f);
     for (size_t p = 0; p < payloads.size(); ++p) {
       const SparsePayloadView& payload = payloads[p];
       int64_t i = next[p];
@@ -117,12 +121,16 @@ Status gather_sparse(std::span<const SparsePayloadView> payloads, std::span<floa
           return bad_index(i, index, previous[p], numel)
               .with_context("payload " + std::to_string(p));
         }
-        target[static_cast<size_t>(index)] += payload.value(i);
+        work[static_cast<size_t>(index) - begin] += payload.value(i);
         previous[p] = index;
       }
       next[p] = i;
     }
-    divide_floats(target.data() + begin, end - begin, divisor);
+    if (stream) {
+      divide_floats_streaming(out, work, end - begin, divisor);
+    } else {
+      divide_floats(out, end - begin, divisor);
+    }
   }
   for (size_t p = 0; p < payloads.size(); ++p) {
     if (next[p] < payloads[p].count) {  // an index at or beyond numel stopped it
