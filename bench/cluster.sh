@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Emulates a cluster of N hosts on this machine and runs one rank of COMMAND on each (issue 5).
 #
-# Usage: bench/cluster.sh --ranks N --rate RATE [--delay D] [--prefix frg] [--log-dir DIR]
-#                         [--master-port 29511] [--] COMMAND ARGS...
+# Usage: bench/cluster.sh --ranks N --rate RATE [--delay D] [--cpus pinned] [--prefix frg]
+#                         [--log-dir DIR] [--master-port 29511] [--] COMMAND ARGS...
 #   --ranks N          hosts, one rank each (1..250)
 #   --rate RATE        link speed of every host, each way: 100mbit, 1gbit, 10gbit, 2.5gbit, ...
 #   --delay D          one-way host-to-host latency added by netem (e.g. 0.1ms, 50us; default none)
+#   --cpus MODE        pinned (default): host r runs on its own share of this machine's CPUs,
+#                      the i-th of them (in the script's affinity list) for i % N == r, or CPU
+#                      r % C when the N hosts outnumber the C CPUs; shared: every host may run
+#                      anywhere, as the scheduler likes
 #   --prefix P         names: host namespaces P0..P(N-1), switch namespace Psw, bridge Pbr
 #                      (default frg; one run per prefix at a time: a run first removes whatever
 #                      namespaces and ranks an earlier run with its prefix left behind)
@@ -31,6 +35,11 @@
 # over the host's tbf (child), on the host side only, so a round trip gains 2 x D. netem needs a
 # kernel with sch_netem: without it --delay is an error.
 #
+# CPUs: real hosts do not share cores, so by default each emulated host is pinned to its share
+# (taskset). Unpinned, the scheduler moves every rank's threads across the cores at will, and a
+# rank's compute and communication threads lose each other's caches: compressed mlp training ran
+# 8% faster pinned over loopback, --sync none alike (docs/benchmarks.md).
+#
 # Each rank gets RANK, WORLD_SIZE, LOCAL_RANK=0, MASTER_ADDR=10.77.0.1, MASTER_PORT,
 # GLOO_SOCKET_IFNAME=eth0, FRUGAL_SOCKET_IFNAME=eth0 and OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM)=1. The
 # hosts share this machine's cores: give the command its thread count (frugal/ddp: --threads).
@@ -46,6 +55,8 @@ delay=""
 prefix="frg"
 log_dir=""
 master_port=29511
+cpus="pinned"
+host_cpus=()      # host_cpus[r]: rank r's CPU list for taskset (--cpus pinned)
 cmd=()
 
 readonly subnet="10.77.0"
@@ -57,18 +68,19 @@ pids=()           # pids[r]: rank r's process (ip netns exec, which execs the co
 echo_pid=""       # tail -f of rank 0's log
 cleaned_up=0
 
-usage() { sed -n '4,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '4,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { echo "cluster: $*" >&2; exit 1; }
 
 parse_args() {
   while [[ $# -gt 0 ]]; do
     case "$1" in
-      --ranks|--rate|--delay|--prefix|--log-dir|--master-port)
+      --ranks|--rate|--delay|--cpus|--prefix|--log-dir|--master-port)
         [[ $# -ge 2 ]] || die "$1 needs a value"
         case "$1" in
           --ranks) ranks="$2" ;;
           --rate) rate="$2" ;;
           --delay) delay="$2" ;;
+          --cpus) cpus="$2" ;;
           --prefix) prefix="$2" ;;
           --log-dir) log_dir="$2" ;;
           --master-port) master_port="$2" ;;
@@ -99,6 +111,8 @@ validate() {
     || die "--rate '$rate' is not a rate of at least 8kbit like 100mbit, 1gbit, 10gbit"
   [[ -z "$delay" || "${delay,,}" =~ ^([0-9]+|[0-9]*\.[0-9]+)(us|ms|s)$ ]] \
     || die "--delay '$delay' is not a time like 0.1ms, 50us or 1s"
+  [[ "$cpus" == pinned || "$cpus" == shared ]] \
+    || die "--cpus must be pinned or shared, got '$cpus'"
   [[ "$prefix" =~ ^[a-z][a-z0-9]{0,7}$ ]] \
     || die "--prefix '$prefix' must be 1-8 lowercase letters or digits, starting with a letter"
   [[ "$master_port" =~ ^[1-9][0-9]{0,4}$ && "$master_port" -ge 1 && "$master_port" -le 65535 ]] \
@@ -228,10 +242,43 @@ add_host() {  # $1: rank
   shape "$sw" "$port" ""
 }
 
+# The CPUs this script may run on, one per line ("0-2,5" -> 0 1 2 5), from its affinity mask.
+allowed_cpus() {
+  local list part
+  list="$(awk '/^Cpus_allowed_list:/ {print $2}' /proc/self/status)"
+  for part in ${list//,/ }; do
+    if [[ "$part" == *-* ]]; then seq "${part%-*}" "${part#*-}"; else echo "$part"; fi
+  done
+}
+
+# --cpus pinned: host r gets every CPU i (in allowed order) with i % N == r, or CPU r % C when
+# there are fewer CPUs (C) than hosts (N).
+assign_cpus() {
+  local all=() r i list
+  mapfile -t all < <(allowed_cpus)
+  ((${#all[@]} > 0)) || die "cannot read this process's CPU affinity from /proc/self/status"
+  for ((r = 0; r < ranks; r++)); do
+    if ((ranks >= ${#all[@]})); then
+      list="${all[r % ${#all[@]}]}"
+    else
+      list=""
+      for ((i = r; i < ${#all[@]}; i += ranks)); do list+="${list:+,}${all[i]}"; done
+    fi
+    host_cpus[r]="$list"
+  done
+}
+
+pinning() {  # "0:0 1:1 2:0 3:1"
+  local r out=""
+  for ((r = 0; r < ranks; r++)); do out+="${out:+ }$r:${host_cpus[r]}"; done
+  echo "$out"
+}
+
 launch_rank() {  # $1: rank
-  local r="$1" argv=() a
+  local r="$1" argv=() a pin=()
   for a in "${cmd[@]}"; do argv+=("${a//\{rank\}/$r}"); done
-  ip netns exec "${prefix}$r" env RANK="$r" WORLD_SIZE="$ranks" LOCAL_RANK=0 \
+  [[ "$cpus" == pinned ]] && pin=(taskset -c "${host_cpus[r]}")
+  ip netns exec "${prefix}$r" "${pin[@]}" env RANK="$r" WORLD_SIZE="$ranks" LOCAL_RANK=0 \
     MASTER_ADDR="$subnet.1" MASTER_PORT="$master_port" \
     GLOO_SOCKET_IFNAME=eth0 FRUGAL_SOCKET_IFNAME=eth0 \
     OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
@@ -288,11 +335,16 @@ main() {
   trap 'on_signal 143 SIGTERM' TERM
   remove_namespaces  # an earlier run with this prefix that was killed before it could clean up
 
+  local placement="shared"
+  if [[ "$cpus" == pinned ]]; then
+    assign_cpus
+    placement="pinned (host:cpus $(pinning))"
+  fi
   build_switch
   local r
   for ((r = 0; r < ranks; r++)); do add_host "$r"; done
   echo "cluster: $ranks hosts at $rate${delay:+, $delay one way} on bridge ${prefix}br;" \
-       "logs in $log_dir" >&2
+       "CPUs $placement; logs in $log_dir" >&2
 
   for ((r = 0; r < ranks; r++)); do launch_rank "$r"; done
   tail -s 0.2 -n +1 -F --pid="${pids[0]}" "$log_dir/rank-0.log" 2>/dev/null &

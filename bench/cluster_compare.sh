@@ -2,7 +2,8 @@
 # Runs training configurations on an emulated cluster (bench/cluster.sh) at several link rates and
 # tabulates them against PyTorch DDP and against training without synchronization (issue 5).
 #
-# Usage: bench/cluster_compare.sh [--ranks 4] [--rates 1gbit,100mbit] [--delay D] [--model mlp]
+# Usage: bench/cluster_compare.sh [--ranks 4] [--rates 1gbit,100mbit] [--delay D] [--cpus pinned]
+#                                 [--model mlp]
 #                                 [--batch-size 32] [--steps 150 | --epochs E] [--threads 1]
 #                                 [--repeats 1] [--frugal build/frugal] [--prefix frgc] [--out DIR]
 #                                 [--config NAME:ARGS]...
@@ -11,6 +12,8 @@
 #                       --steps S --threads T --summary .. --metrics ..`; the name "ddp" runs
 #                       bench/ddp_baseline.py (same model, batch, steps and threads) with ARGS.
 #                       Names "ddp" and "sync-none" are the baselines of the ratio columns.
+#   --cpus MODE         cluster.sh's CPU placement: pinned (each host on its own share of the
+#                       cores, the default) or shared
 #   --epochs E          train E epochs instead of --steps (both systems then report accuracy)
 #   --repeats K         run everything K times, odd repeats in the given order and even ones in
 #                       reverse; the tables report the median
@@ -34,6 +37,7 @@ python=/usr/bin/python3  # Debian's interpreter: the one with python3-torch and 
 ranks=4
 rates="1gbit"
 delay=""
+cpus="pinned"
 model=mlp
 batch_size=32
 steps=""
@@ -45,20 +49,21 @@ prefix=frgc
 out=""
 configs=()
 
-usage() { sed -n '5,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '5,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { echo "cluster_compare: $*" >&2; exit 1; }
 
 parse_args() {
   while [[ $# -gt 0 ]]; do
     case "$1" in
       -h|--help) usage; exit 0 ;;
-      --ranks|--rates|--delay|--model|--batch-size|--steps|--epochs|--threads|--repeats|--frugal|\
-      --prefix|--out|--config)
+      --ranks|--rates|--delay|--cpus|--model|--batch-size|--steps|--epochs|--threads|--repeats|\
+      --frugal|--prefix|--out|--config)
         [[ $# -ge 2 ]] || die "$1 needs a value"
         case "$1" in
           --ranks) ranks="$2" ;;
           --rates) rates="$2" ;;
           --delay) delay="$2" ;;
+          --cpus) cpus="$2" ;;
           --model) model="$2" ;;
           --batch-size) batch_size="$2" ;;
           --steps) steps="$2" ;;
@@ -85,6 +90,7 @@ validate() {
     [[ "${pair#*:}" =~ ^[1-9][0-9]*$ ]] || die "--${pair%%:*} must be a positive integer, got '${pair#*:}'"
   done
   [[ "$threads" =~ ^[0-9]+$ ]] || die "--threads must be a non-negative integer, got '$threads'"
+  [[ "$cpus" == pinned || "$cpus" == shared ]] || die "--cpus must be pinned or shared, got '$cpus'"
   local rate_re='([0-9]+|[0-9]*\.[0-9]+)(bit|kbit|mbit|gbit|tbit)'
   [[ "${rates,,}" =~ ^$rate_re(,$rate_re)*$ ]] \
     || die "--rates must be a comma-separated list of rates like 1gbit,100mbit, got '$rates'"
@@ -149,7 +155,7 @@ run_one() {  # $1: rate, $2: config "NAME:ARGS", $3: repeat
   busy0="$(busy_ticks)"
   ours0="$(our_ticks)"
   start="$(date +%s.%N)"
-  "$here/cluster.sh" --ranks "$ranks" --rate "$rate" ${delay:+--delay "$delay"} \
+  "$here/cluster.sh" --ranks "$ranks" --rate "$rate" ${delay:+--delay "$delay"} --cpus "$cpus" \
     --prefix "$prefix" --log-dir "$logs" -- "${cmd[@]}" >"$logs/cluster.log" 2>&1 || rc=$?
   seconds="$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b - a }')"
   other="$(awk -v b="$(($(busy_ticks) - busy0))" -v o="$(($(our_ticks) - ours0))" \
@@ -211,13 +217,14 @@ write_results() {
   local git_rev
   git_rev="$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)"
   "$python" - "$out" "$ranks" "$rates" "$delay" "$model" "$batch_size" "${steps:-0}" \
-    "${epochs:-0}" "$threads" "$repeats" "$git_rev" <<'EOF'
+    "${epochs:-0}" "$threads" "$repeats" "$git_rev" "$cpus" <<'EOF'
 import json
 import os
 import statistics
 import sys
 
-out, ranks, rates, delay, model, batch, steps, epochs, threads, repeats, git_rev = sys.argv[1:12]
+out, ranks, rates, delay, model, batch, steps, epochs, threads, repeats, git_rev, cpus = \
+    sys.argv[1:13]
 KEYS = ["samples_per_s", "wall_s", "train_s", "test_accuracy", "bytes_sent_per_step",
         "dense_bytes_per_step", "exposed_comm_ms_per_step"]
 
@@ -296,7 +303,7 @@ result = {
                "model": model, "dataset": "fashion-mnist", "batch_size": int(batch),
                "steps": int(steps) or None, "epochs": int(epochs) or None,
                "threads": int(threads), "repeats": int(repeats), "git": git_rev,
-               "host_cores": os.cpu_count()},
+               "host_cores": os.cpu_count(), "cpus": cpus},
     "runs": runs,
     "medians": table,
 }
@@ -314,7 +321,8 @@ md = [f"# Emulated cluster: {ranks} hosts, {model}, batch {batch} per host, {len
       f"{threads} thread(s) per host{', delay ' + delay if delay else ''}",
       "",
       f"Median of {repeats} repeat(s) (range in brackets); git {git_rev}; {os.cpu_count()} "
-      "cores shared by all hosts. samples/s counts every host's samples after the first 5 "
+      f"cores shared by all hosts ({'each pinned to its share' if cpus == 'pinned' else 'unpinned'}"
+      "). samples/s counts every host's samples after the first 5 "
       "steps; MB = 10^6 bytes sent by one host per step; run s is the whole cluster run "
       "(start-up and evaluation included); other CPU is the largest share of the machine that "
       "other processes used during one of the cell's runs (kernel threads included): more than "

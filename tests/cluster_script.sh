@@ -45,6 +45,7 @@ expect_error "--rate 'fast'" --ranks 2 --rate fast -- true
 expect_error "--rate is required" --ranks 2 -- true
 expect_error "--ranks must be" --ranks 0 --rate 1gbit -- true
 expect_error "--delay '3'" --ranks 2 --rate 1gbit --delay 3 -- true
+expect_error "--cpus must be pinned or shared" --ranks 2 --rate 1gbit --cpus all -- true
 if command -v setpriv >/dev/null; then
   out="$(setpriv --reuid=65534 --regid=65534 --clear-groups "$cluster" --ranks 2 --rate 1gbit \
            -- true 2>&1)"
@@ -72,6 +73,39 @@ if "$cluster" --ranks 3 --rate 1gbit --prefix "$prefix" --log-dir "$work/env" --
 else
   fail "the environment run exited non-zero"
 fi
+
+# --- CPUs: pinned by default, host r on the CPUs i (of the script's list) with i % N == r, or on
+# CPU r % C when the hosts outnumber the C CPUs; --cpus shared leaves every host on all of them.
+mapfile -t all_cpus < <(taskset -c -p $$ | sed 's/.*: //' | tr ',' '\n' |
+                        awk -F- '{ for (c = $1; c <= ($2 == "" ? $1 : $2); c++) print c }')
+expected_cpus() {  # $1: rank, $2: hosts -> "0,2" style list
+  local r="$1" n="$2" c="${#all_cpus[@]}" i out=""
+  if ((n >= c)); then echo "${all_cpus[r % c]}"; return; fi
+  for ((i = r; i < c; i += n)); do out+="${out:+,}${all_cpus[i]}"; done
+  echo "$out"
+}
+check_cpus() {  # $1: hosts, $2: --cpus mode
+  local n="$1" mode="$2" r want got before="$failures"
+  # shellcheck disable=SC2016  # $0 is expanded by each rank's shell
+  if ! "$cluster" --ranks "$n" --rate 1gbit --cpus "$mode" --prefix "$prefix" \
+       --log-dir "$work/cpus" -- sh -c 'taskset -c -p $$ > "$0/cpus-{rank}"' "$work" \
+       >/dev/null 2>&1; then
+    fail "the --cpus $mode run with $n hosts exited non-zero"
+    return
+  fi
+  for ((r = 0; r < n; r++)); do
+    got="$(sed 's/.*: //' "$work/cpus-$r" | tr ',' '\n' |
+           awk -F- '{ for (c = $1; c <= ($2 == "" ? $1 : $2); c++) print c }' | paste -sd,)"
+    if [[ "$mode" == pinned ]]; then want="$(expected_cpus "$r" "$n")"; else
+      want="$(IFS=,; echo "${all_cpus[*]}")"
+    fi
+    [[ "$got" == "$want" ]] || fail "--cpus $mode, $n hosts: rank $r runs on '$got', wanted '$want'"
+  done
+  ((failures == before)) && ok "--cpus $mode, $n hosts on ${#all_cpus[@]} CPUs: each rank on its documented CPUs"
+}
+check_cpus 1 pinned
+check_cpus "$((${#all_cpus[@]} + 1))" pinned
+check_cpus 3 shared
 
 # --- Shaping: a TCP stream carries the rate (goodput is ~95.6% of it: Ethernet, IP and TCP
 # headers count against the token bucket), each way at once, and three senders into one host
