@@ -38,7 +38,7 @@
 # CPUs: real hosts do not share cores, so by default each emulated host is pinned to its share
 # (taskset). Unpinned, the scheduler moves every rank's threads across the cores at will, and a
 # rank's compute and communication threads lose each other's caches: compressed mlp training ran
-# 8% faster pinned over loopback, --sync none alike (docs/benchmarks.md).
+# 8% faster pinned over loopback, --sync none unchanged (docs/benchmarks.md).
 #
 # Each rank gets RANK, WORLD_SIZE, LOCAL_RANK=0, MASTER_ADDR=10.77.0.1, MASTER_PORT,
 # GLOO_SOCKET_IFNAME=eth0, FRUGAL_SOCKET_IFNAME=eth0 and OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM)=1. The
