@@ -76,8 +76,10 @@ fi
 
 # --- CPUs: pinned by default, host r on the CPUs i (of the script's list) with i % N == r, or on
 # CPU r % C when the hosts outnumber the C CPUs; --cpus shared leaves every host on all of them.
-mapfile -t all_cpus < <(taskset -c -p $$ | sed 's/.*: //' | tr ',' '\n' |
-                        awk -F- '{ for (c = $1; c <= ($2 == "" ? $1 : $2); c++) print c }')
+expand_cpus() {  # taskset -c -p output on stdin -> one CPU per line ("0-2,5" -> 0 1 2 5)
+  sed 's/.*: //' | tr ',' '\n' | awk -F- '{ for (c = $1; c <= ($2 == "" ? $1 : $2); c++) print c }'
+}
+mapfile -t all_cpus < <(taskset -c -p $$ | expand_cpus)
 expected_cpus() {  # $1: rank, $2: hosts -> "0,2" style list
   local r="$1" n="$2" c="${#all_cpus[@]}" i out=""
   if ((n >= c)); then echo "${all_cpus[r % c]}"; return; fi
@@ -94,8 +96,7 @@ check_cpus() {  # $1: hosts, $2: --cpus mode
     return
   fi
   for ((r = 0; r < n; r++)); do
-    got="$(sed 's/.*: //' "$work/cpus-$r" | tr ',' '\n' |
-           awk -F- '{ for (c = $1; c <= ($2 == "" ? $1 : $2); c++) print c }' | paste -sd,)"
+    got="$(expand_cpus <"$work/cpus-$r" | paste -sd,)"
     if [[ "$mode" == pinned ]]; then want="$(expected_cpus "$r" "$n")"; else
       want="$(IFS=,; echo "${all_cpus[*]}")"
     fi

@@ -13,8 +13,16 @@ namespace frugal {
 namespace {
 
 void zero(MutableView view) { std::memset(view.data, 0, view.bytes()); }
-void divide(MutableView view, float divisor) {
-  divide_floats(static_cast<float*>(view.data), static_cast<size_t>(view.numel()), divisor);
+
+// unit.target = what the one `payload` decodes to / divisor: kSum's reduced payload, or
+// kTwoPhase's assembled chunks.
+Status decode_one(Compressor& compressor, const CompressedUnit& unit, ConstBytes payload,
+                  float divisor) {
+  zero(unit.target);
+  FRUGAL_RETURN_IF_ERROR(compressor.decompress_accumulate(unit.unit, payload, unit.target));
+  divide_floats(static_cast<float*>(unit.target.data), static_cast<size_t>(unit.target.numel()),
+                divisor);
+  return Status::ok();
 }
 
 int64_t numel_of(const MutableView& view) { return view.numel(); }
@@ -229,10 +237,7 @@ Status CompressedExchange::sum(std::span<const CompressedUnit> units, const Step
                                                 compressor_.max_compressed_bytes(units[i].unit)),
                                    step));
       } else {
-        zero(units[i].target);
-        FRUGAL_RETURN_IF_ERROR(
-            compressor_.decompress_accumulate(units[i].unit, this_unit, units[i].target));
-        divide(units[i].target, divisor);
+        FRUGAL_RETURN_IF_ERROR(decode_one(compressor_, units[i], this_unit, divisor));
       }
     }
     counters.decompress_us += now_us() - decode_start;
@@ -335,10 +340,7 @@ Status CompressedExchange::two_phase(std::span<const CompressedUnit> units, cons
       assembled.insert(assembled.end(), from, from + bytes);
       within[static_cast<size_t>(r)] += bytes;
     }
-    zero(units[i].target);
-    FRUGAL_RETURN_IF_ERROR(
-        compressor_.decompress_accumulate(units[i].unit, assembled, units[i].target));
-    divide(units[i].target, divisor);
+    FRUGAL_RETURN_IF_ERROR(decode_one(compressor_, units[i], assembled, divisor));
   }
   counters.decompress_us += now_us() - decode_start;
   return Status::ok();
