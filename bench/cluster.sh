@@ -40,9 +40,10 @@
 # rank's compute and communication threads lose each other's caches: compressed mlp training ran
 # 8% faster pinned over loopback, --sync none unchanged (docs/benchmarks.md).
 #
-# Each rank gets RANK, WORLD_SIZE, LOCAL_RANK=0, MASTER_ADDR=10.77.0.1, MASTER_PORT,
-# GLOO_SOCKET_IFNAME=eth0, FRUGAL_SOCKET_IFNAME=eth0 and OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM)=1. The
-# hosts share this machine's cores: give the command its thread count (frugal/ddp: --threads).
+# Each rank gets RANK, WORLD_SIZE, LOCAL_RANK=0, LOCAL_WORLD_SIZE=1, MASTER_ADDR=10.77.0.1,
+# MASTER_PORT, GLOO_SOCKET_IFNAME=eth0, FRUGAL_SOCKET_IFNAME=eth0 and
+# OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM)=1. The hosts share this machine's cores: give the command its
+# thread count (frugal/ddp: --threads).
 # Rank 0's output is also shown live. The first rank to fail stops the others at once; the script
 # then exits 1 naming it and showing the end of its log. Ctrl-C stops every rank (exit 130),
 # SIGTERM too (exit 143). Namespaces, links and rank processes are removed on every exit, and
@@ -278,7 +279,7 @@ launch_rank() {  # $1: rank
   local r="$1" argv=() a pin=()
   for a in "${cmd[@]}"; do argv+=("${a//\{rank\}/$r}"); done
   [[ "$cpus" == pinned ]] && pin=(taskset -c "${host_cpus[r]}")
-  ip netns exec "${prefix}$r" "${pin[@]}" env RANK="$r" WORLD_SIZE="$ranks" LOCAL_RANK=0 \
+  ip netns exec "${prefix}$r" "${pin[@]}" env RANK="$r" WORLD_SIZE="$ranks" LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 \
     MASTER_ADDR="$subnet.1" MASTER_PORT="$master_port" \
     GLOO_SOCKET_IFNAME=eth0 FRUGAL_SOCKET_IFNAME=eth0 \
     OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \

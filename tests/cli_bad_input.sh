@@ -52,6 +52,8 @@ expect_error "--batch-size: 0 is invalid; it must be a number >= 1" X=1 -- "${tr
 expect_error "--workers 0 is invalid" X=1 -- "${train[@]}" --workers 0
 expect_error "cannot write --metrics file" X=1 -- "${train[@]}" --backend local --metrics /nonexistent/m.jsonl
 expect_error "--nesterov needs --momentum > 0" X=1 -- "${train[@]}" --backend local --nesterov --momentum 0
+expect_error "--bind-cores needs LOCAL_WORLD_SIZE (the ranks on this host) beside LOCAL_RANK=1" RANK=1 WORLD_SIZE=2 LOCAL_RANK=1 -- "${train[@]}" --bind-cores
+expect_error "LOCAL_RANK=2 is out of range for LOCAL_WORLD_SIZE=2; valid: 0..1" RANK=0 WORLD_SIZE=1 LOCAL_RANK=2 LOCAL_WORLD_SIZE=2 -- "${train[@]}"
 expect_error "unknown compressor 'topkk'" X=1 -- "${train[@]}" --compress topkk
 expect_error "density" X=1 -- "${train[@]}" --compress topk:density=2
 expect_error "--compress with --sync none" X=1 -- "${train[@]}" --compress fp16 --sync none

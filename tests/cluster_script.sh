@@ -64,7 +64,7 @@ if "$cluster" --ranks 3 --rate 1gbit --prefix "$prefix" --log-dir "$work/env" --
      >/dev/null 2>&1; then
   for r in 0 1 2; do
     f="$work/env-$r"
-    for want in "RANK=$r" WORLD_SIZE=3 LOCAL_RANK=0 MASTER_ADDR=10.77.0.1 MASTER_PORT=29511 \
+    for want in "RANK=$r" WORLD_SIZE=3 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 MASTER_ADDR=10.77.0.1 MASTER_PORT=29511 \
                 GLOO_SOCKET_IFNAME=eth0 FRUGAL_SOCKET_IFNAME=eth0 "inet 10.77.0.$((r + 1))/24"; do
       grep -q -- "$want" "$f" 2>/dev/null || fail "rank $r: '$want' missing from its environment"
     done

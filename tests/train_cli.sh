@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end checks of `frugal train` as a user runs it: the three backends follow the same loss
 # curve; the outputs (--summary, --metrics, --trace) hold what they promise; a rank killed with
-# SIGKILL makes the job fail within the timeout with an error naming it; Ctrl-C stops every rank.
+# SIGKILL makes the job fail within the timeout with an error naming it; Ctrl-C stops every rank;
+# --bind-cores puts each rank's threads on its share of the CPUs.
 # Usage: train_cli.sh path/to/frugal
 set -uo pipefail
 frugal="$1"
@@ -92,6 +93,65 @@ if [ "$code" -ne 130 ] || [ "$left" -ne 0 ]; then
 else
   echo "ok: Ctrl-C -> exit 130, no rank left: $(grep -m1 interrupted "$work/int.log")"
 fi
+
+# --- --bind-cores: every thread of local rank r runs on the r-th share of the CPUs this job may
+# use (contiguous runs of cpus[r*C/N, (r+1)*C/N), one CPU each with more ranks than CPUs), read
+# from the kernel's view of each thread. gloo: one process per rank; local: one thread per rank.
+allowed=$(grep Cpus_allowed_list /proc/self/status | cut -f2)
+expected_share() {  # expected_share RANK N: the CPU list rank RANK should be bound to
+  "$python" - "$allowed" "$1" "$2" <<'PY'
+import sys
+def expand(text):
+    cpus = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus += range(int(lo), int(hi or lo) + 1)
+    return cpus
+cpus, r, n = expand(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+c = len(cpus)
+share = cpus[r * c // n:max(r * c // n + 1, (r + 1) * c // n)]
+print(",".join(map(str, share)))
+PY
+}
+thread_cpus() {  # thread_cpus PID: each thread's CPU list, expanded, one line per thread
+  for status in /proc/"$1"/task/*/status; do
+    "$python" -c 'import sys
+out = []
+for part in sys.argv[1].split(","):
+    lo, _, hi = part.partition("-")
+    out += range(int(lo), int(hi or lo) + 1)
+print(",".join(map(str, out)))' "$(grep Cpus_allowed_list "$status" | cut -f2)"
+  done
+}
+bind=(train --workers 3 --dataset synthetic --steps 100000 --batch-size 8 --progress lines
+      --log-every 1 --bind-cores)
+"$frugal" "${bind[@]}" --backend gloo >"$work/bind.log" 2>&1 &
+parent=$!
+for _ in $(seq 300); do grep -q "^step 3/" "$work/bind.log" && break; sleep 0.2; done
+for r in 0 1 2; do
+  pid=$(rank_pid "$parent" "$r")
+  want=$(expected_share "$r" 3)
+  got=$(thread_cpus "$pid" | sort -u | tr '\n' ' ')
+  if [ -z "$pid" ] || [ "$got" != "$want " ]; then
+    fail "--bind-cores gloo rank $r (pid ${pid:-none}): threads on [$got], expected [$want]"
+  else
+    echo "ok: --bind-cores gloo rank $r: all threads on CPUs $want"
+  fi
+done
+kill "$parent"; wait "$parent" 2>/dev/null
+"$frugal" "${bind[@]}" --backend local >"$work/bind-local.log" 2>&1 &
+pid=$!
+for _ in $(seq 300); do grep -q "^step 3/" "$work/bind-local.log" && break; sleep 0.2; done
+seen=$(thread_cpus "$pid" | sort -u)
+before=$failures
+for r in 0 1 2; do
+  want=$(expected_share "$r" 3)
+  if ! grep -qx "$want" <<<"$seen"; then
+    fail "--bind-cores local: no thread on rank $r's CPUs [$want]; threads on: $(tr '\n' ' ' <<<"$seen")"
+  fi
+done
+((failures == before)) && echo "ok: --bind-cores local: thread CPU lists $(tr '\n' ' ' <<<"$seen")"
+kill "$pid"; wait "$pid" 2>/dev/null
 
 echo "train_cli: $failures failure(s)"
 [ "$failures" -eq 0 ]

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -9,6 +10,8 @@
 
 #include "comm/factory.h"
 #include "comm/launcher.h"
+#include "core/cpu_affinity.h"
+#include "core/logging.h"
 
 namespace frugal::cli {
 namespace {
@@ -40,15 +43,37 @@ int exec_mpirun(int workers, const std::vector<std::string>& argv) {
   return report_error(unavailable("cannot run " + mpirun + ": " + std::strerror(errno)));
 }
 
+// --bind-cores for the calling thread, a rank that has started no thread of its own yet (those it
+// starts later inherit the binding). The OS refusing is a warning, not an error: binding only
+// places the work, and a thread-rank that stopped here would leave the others waiting.
+void bind_rank_to_its_cpus(int local_rank, int local_size) {
+  auto cpus = allowed_cpus();
+  Status bound = cpus.status();
+  std::vector<int> share;
+  if (cpus.is_ok()) {
+    share = cpu_share(cpus.value(), local_rank, local_size);
+    bound = bind_this_thread(share);
+  }
+  if (!bound.is_ok()) {
+    spdlog::warn("--bind-cores: local rank {} runs unbound: {}", local_rank, bound.message());
+  } else {
+    spdlog::debug("--bind-cores: local rank {} of {} on CPUs {}", local_rank, local_size,
+                  format_cpu_list(share));
+  }
+}
+
 // Runs body(comm) on `workers` thread-ranks of a local-backend group and returns the first
 // failure, naming its rank.
-Status run_thread_ranks(int workers, int64_t timeout_ms,
+Status run_thread_ranks(int workers, int64_t timeout_ms, bool bind_cores,
                         const std::function<Status(Communicator&)>& body) {
   FRUGAL_ASSIGN_OR_RETURN(auto group, make_local_group(workers, timeout_ms));
   std::vector<Status> results(static_cast<size_t>(workers));
   std::vector<std::thread> ranks;
   for (int r = 0; r < workers; ++r) {
-    ranks.emplace_back([&, r] { results[static_cast<size_t>(r)] = body(*group[r]); });
+    ranks.emplace_back([&, r] {
+      if (bind_cores) bind_rank_to_its_cpus(r, workers);
+      results[static_cast<size_t>(r)] = body(*group[r]);
+    });
   }
   for (auto& t : ranks) t.join();
   for (int r = 0; r < workers; ++r) {
@@ -93,7 +118,7 @@ std::optional<int> launch_ranks_if_parent(const std::string& backend, int worker
 int run_job_ranks(const RankJob& job, const std::vector<std::string>& argv,
                   const std::function<Status(Communicator&)>& body) {
   if (job.backend == "local") {
-    Status status = run_thread_ranks(job.workers, job.timeout_ms, body);
+    Status status = run_thread_ranks(job.workers, job.timeout_ms, job.bind_cores, body);
     return status.is_ok() ? 0 : report_error(status);
   }
   if (auto parent_exit = launch_ranks_if_parent(job.backend, job.workers, argv)) {
@@ -106,6 +131,15 @@ int run_job_ranks(const RankJob& job, const std::vector<std::string>& argv,
   base.check_consistency = job.check_consistency;
   auto config = rank_comm_config(base);
   if (!config.is_ok()) return report_error(config.status());
+  if (job.bind_cores) {
+    if (config->local_size == 0 && config->local_rank > 0) {
+      return report_error(invalid_argument(
+          "--bind-cores needs LOCAL_WORLD_SIZE (the ranks on this host) beside LOCAL_RANK=" +
+          std::to_string(config->local_rank)));
+    }
+    // Before the communicator starts its threads. No launcher variables: alone on this host.
+    bind_rank_to_its_cpus(config->local_rank, std::max(1, config->local_size));
+  }
   auto comm = make_communicator(config.value());
   if (!comm.is_ok()) return report_error(comm.status());
   Status status = body(*comm.value());

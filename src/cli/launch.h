@@ -26,6 +26,9 @@ struct RankJob {
   int64_t timeout_ms = 60'000;
   std::string iface;
   bool check_consistency = true;  // see CommConfig::check_consistency
+  // --bind-cores: each rank runs on its share of this host's CPUs (core/cpu_affinity.h), taken
+  // by its place among the host's ranks (thread index, LOCAL_RANK/LOCAL_WORLD_SIZE, or mpirun's).
+  bool bind_cores = false;
 };
 
 // Runs body(comm) on every rank of `job`: as thread-ranks for "local"; otherwise this process

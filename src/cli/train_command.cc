@@ -45,6 +45,7 @@ struct TrainFlags {
   std::string dense_below = "128K";
   std::string sync = "all";
   bool deterministic = false;
+  bool bind_cores = false;
   double first_bucket_mb = 1;
   double own_bucket_mb = 4;
   int64_t timeout_ms = 120'000;
@@ -91,7 +92,8 @@ nlohmann::json config_json(const TrainFlags& f, const TrainerOptions& o, int wor
           {"first_bucket_mb", f.first_bucket_mb},
           {"own_bucket_mb", f.own_bucket_mb},
           {"check_replicas", o.check_replicas_every},
-          {"deterministic", f.deterministic}};
+          {"deterministic", f.deterministic},
+          {"bind_cores", f.bind_cores}};
 }
 
 // One rank's whole job. Rank 0 reports.
@@ -232,6 +234,7 @@ int run_train(TrainFlags flags, const std::vector<std::string>& argv) {
   // Every rank runs the same program, so the per-collective consistency check (a small
   // allgather each time, milliseconds on gloo) would only cost time.
   job.check_consistency = false;
+  job.bind_cores = flags.bind_cores;
   return run_job_ranks(job, argv,
                        [&](Communicator& comm) { return train_one_rank(comm, flags, start_us); });
 }
@@ -373,6 +376,11 @@ void add_train_command(CLI::App& app, int& exit_code, const std::vector<std::str
                    "(0: off)")
       ->check(non_negative())
       ->capture_default_str();
+  train->add_flag("--bind-cores", flags->bind_cores,
+                  "Run each worker on its own share of this host's CPUs (those the job may "
+                  "use, split in contiguous runs by the worker's place on the host; with more "
+                  "workers than CPUs, one CPU each, spread evenly). Faster where workers would "
+                  "otherwise trade cores and caches; leave it off on a machine others share");
   train->add_flag("--deterministic", flags->deterministic,
                   "Bit-reproducible runs: fixed fusion buckets (bytes:25) instead of a "
                   "timing-based plan, so a run resumed from a checkpoint follows the same loss "

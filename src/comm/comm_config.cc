@@ -57,7 +57,16 @@ Result<CommConfig> comm_config_from_env(CommConfig base, const EnvLookup& getenv
 
   FRUGAL_RETURN_IF_ERROR(read_int(getenv, "RANK", config.rank));
   FRUGAL_RETURN_IF_ERROR(read_int(getenv, "WORLD_SIZE", config.world_size));
+  // mpirun's names first, so that torchrun-style names (which a user may set) take precedence.
+  FRUGAL_RETURN_IF_ERROR(read_int(getenv, "OMPI_COMM_WORLD_LOCAL_RANK", config.local_rank));
+  FRUGAL_RETURN_IF_ERROR(read_int(getenv, "OMPI_COMM_WORLD_LOCAL_SIZE", config.local_size));
   FRUGAL_RETURN_IF_ERROR(read_int(getenv, "LOCAL_RANK", config.local_rank));
+  FRUGAL_RETURN_IF_ERROR(read_int(getenv, "LOCAL_WORLD_SIZE", config.local_size));
+  if (config.local_size < 1 &&
+      (getenv("LOCAL_WORLD_SIZE") || getenv("OMPI_COMM_WORLD_LOCAL_SIZE"))) {
+    return invalid_argument("LOCAL_WORLD_SIZE=" + std::to_string(config.local_size) +
+                            " is invalid; it must be >= 1");
+  }
   FRUGAL_RETURN_IF_ERROR(read_int(getenv, "MASTER_PORT", config.master_port));
   FRUGAL_RETURN_IF_ERROR(read_int(getenv, "FRUGAL_TIMEOUT_MS", config.timeout_ms));
   if (getenv("RANK").has_value() != getenv("WORLD_SIZE").has_value()) {
@@ -95,6 +104,12 @@ Status validate_comm_config(const CommConfig& config) {
   if (config.local_rank < 0) {
     return invalid_argument("LOCAL_RANK=" + std::to_string(config.local_rank) +
                             " is invalid; it must be >= 0");
+  }
+  if (config.local_size > 0 && config.local_rank >= config.local_size) {
+    return invalid_argument(
+        "LOCAL_RANK=" + std::to_string(config.local_rank) +
+        " is out of range for LOCAL_WORLD_SIZE=" + std::to_string(config.local_size) +
+        "; valid: 0.." + std::to_string(config.local_size - 1));
   }
   if (config.master_port < 1 || config.master_port > 65535) {
     return invalid_argument("MASTER_PORT=" + std::to_string(config.master_port) +

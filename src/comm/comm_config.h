@@ -18,8 +18,10 @@ struct CommConfig {
   // This process's rank and the number of ranks. For "mpi" both come from MPI itself.
   int rank = 0;
   int world_size = 1;
-  // Rank within this host (LOCAL_RANK); informational.
+  // Rank within this host and the number of ranks on it (LOCAL_RANK, LOCAL_WORLD_SIZE; under
+  // mpirun OMPI_COMM_WORLD_LOCAL_RANK/SIZE). Only --bind-cores uses them; local_size 0: not set.
   int local_rank = 0;
+  int local_size = 0;
 
   // Rendezvous for "gloo". If master_addr is set, rank 0 hosts a TCP store on
   // master_addr:master_port and the others connect to it (many hosts). Otherwise the ranks meet
@@ -43,11 +45,11 @@ struct CommConfig {
   bool check_consistency = true;
 };
 
-// Reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (torchrun), FRUGAL_STORE_PATH,
-// FRUGAL_SOCKET_IFNAME (or GLOO_SOCKET_IFNAME), FRUGAL_TIMEOUT_MS and FRUGAL_BACKEND over the
-// defaults in `base`. Under mpirun (OMPI_COMM_WORLD_RANK is set) the backend defaults to "mpi".
-// `getenv` is injectable for tests. Returns InvalidArgument naming the variable for bad values,
-// e.g. RANK >= WORLD_SIZE or a port outside 1..65535.
+// Reads RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT (torchrun),
+// FRUGAL_STORE_PATH, FRUGAL_SOCKET_IFNAME (or GLOO_SOCKET_IFNAME), FRUGAL_TIMEOUT_MS and
+// FRUGAL_BACKEND over the defaults in `base`. Under mpirun (OMPI_COMM_WORLD_RANK is set) the
+// backend defaults to "mpi". `getenv` is injectable for tests. Returns InvalidArgument naming the
+// variable for bad values, e.g. RANK >= WORLD_SIZE or a port outside 1..65535.
 using EnvLookup = std::function<std::optional<std::string>(const std::string&)>;
 Result<CommConfig> comm_config_from_env(CommConfig base, const EnvLookup& getenv);
 Result<CommConfig> comm_config_from_env(CommConfig base);  // the process environment

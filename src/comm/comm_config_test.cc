@@ -19,6 +19,7 @@ TEST(CommConfig, ReadsTorchrunVariables) {
   auto config = comm_config_from_env(CommConfig{}, env({{"RANK", "3"},
                                                         {"WORLD_SIZE", "8"},
                                                         {"LOCAL_RANK", "1"},
+                                                        {"LOCAL_WORLD_SIZE", "2"},
                                                         {"MASTER_ADDR", "10.0.0.1"},
                                                         {"MASTER_PORT", "1234"},
                                                         {"GLOO_SOCKET_IFNAME", "eth1"}}));
@@ -26,6 +27,7 @@ TEST(CommConfig, ReadsTorchrunVariables) {
   EXPECT_EQ(config->rank, 3);
   EXPECT_EQ(config->world_size, 8);
   EXPECT_EQ(config->local_rank, 1);
+  EXPECT_EQ(config->local_size, 2);
   EXPECT_EQ(config->master_addr, "10.0.0.1");
   EXPECT_EQ(config->master_port, 1234);
   EXPECT_EQ(config->iface, "eth1");
@@ -43,6 +45,23 @@ TEST(CommConfig, MpirunSelectsMpi) {
   auto config = comm_config_from_env(CommConfig{}, env({{"OMPI_COMM_WORLD_RANK", "0"}}));
   ASSERT_TRUE(config.is_ok());
   EXPECT_EQ(config->backend, "mpi");
+  EXPECT_EQ(config->local_size, 0) << "not set";
+}
+
+TEST(CommConfig, ReadsMpirunsPlaceOnTheHostUnlessTorchrunStyleNamesAreSet) {
+  auto mpi = comm_config_from_env(CommConfig{}, env({{"OMPI_COMM_WORLD_RANK", "5"},
+                                                     {"OMPI_COMM_WORLD_LOCAL_RANK", "1"},
+                                                     {"OMPI_COMM_WORLD_LOCAL_SIZE", "4"}}));
+  ASSERT_TRUE(mpi.is_ok()) << mpi.status().to_string();
+  EXPECT_EQ(mpi->local_rank, 1);
+  EXPECT_EQ(mpi->local_size, 4);
+  auto both = comm_config_from_env(CommConfig{}, env({{"OMPI_COMM_WORLD_LOCAL_RANK", "1"},
+                                                      {"OMPI_COMM_WORLD_LOCAL_SIZE", "4"},
+                                                      {"LOCAL_RANK", "0"},
+                                                      {"LOCAL_WORLD_SIZE", "2"}}));
+  ASSERT_TRUE(both.is_ok()) << both.status().to_string();
+  EXPECT_EQ(both->local_rank, 0);
+  EXPECT_EQ(both->local_size, 2);
 }
 
 TEST(CommConfig, RankOutOfRangeNamesTheValidRange) {
@@ -63,6 +82,9 @@ TEST(CommConfig, RejectsBadValues) {
       {{{"RANK", "-1"}, {"WORLD_SIZE", "2"}}, "RANK=-1 is out of range"},
       {{{"MASTER_PORT", "70000"}}, "MASTER_PORT=70000 is invalid; valid: 1..65535"},
       {{{"FRUGAL_TIMEOUT_MS", "0"}}, "must be > 0"},
+      {{{"LOCAL_WORLD_SIZE", "0"}}, "LOCAL_WORLD_SIZE=0 is invalid; it must be >= 1"},
+      {{{"LOCAL_RANK", "2"}, {"LOCAL_WORLD_SIZE", "2"}},
+       "LOCAL_RANK=2 is out of range for LOCAL_WORLD_SIZE=2; valid: 0..1"},
       {{{"FRUGAL_BACKEND", "nccl"}}, "unknown backend 'nccl'; valid: local, gloo, mpi"},
       {{{"WORLD_SIZE", "99999999999"}, {"RANK", "0"}}, "WORLD_SIZE"},
   };
