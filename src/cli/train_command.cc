@@ -12,6 +12,7 @@
 #include "cli/validators.h"
 #include "compress/registry.h"
 #include "core/clock.h"
+#include "core/logging.h"
 #include "core/timeline.h"
 #include "engine/fusion_plan.h"
 #include "engine/gathered_trace.h"
@@ -104,6 +105,9 @@ Status train_one_rank(Communicator& comm, const TrainFlags& flags, int64_t start
   std::unique_ptr<TrainReporter> reporter;
   Status reporter_status;
   if (comm.rank() == 0) {
+    if (const std::string warning = memoryless_warning(options.compress); !warning.empty()) {
+      spdlog::warn("{}", warning);
+    }
     nlohmann::json info = {{"model", options.model},
                            {"parameters", trainer->parameter_count()},
                            {"dataset", trainer->data_description()},

@@ -687,7 +687,8 @@ std::vector<CompressorEntry> adtopk_compressor_entries() {
        InnerSpec::kNone,
        {"ef(adtopk:density=0.01)", "fp16(adtopk:density=0.01)",
         "adtopk:density=0.05,interleave=true,warmup=1,tau=2"},
-       make_adtopk},
+       make_adtopk,
+       loses_below_full_density},
   };
 }
 

@@ -296,6 +296,54 @@ INSTANTIATE_TEST_SUITE_P(Registry, ContractTest, ::testing::ValuesIn(all_example
                            return name;
                          });
 
+// memoryless_warning against behaviour: a constant gradient g for T steps. A compressor that
+// keeps what it does not send (or loses nothing) delivers about T g in all; one that drops it
+// delivers T C(g), off by T ||g - C(g)||. The warning must fire exactly for the second kind.
+TEST_P(ContractTest, WarnsOfLostMassExactlyWhenAConstantGradientIsNotDeliveredInFull) {
+  const std::string spec = GetParam();
+  if (spec.starts_with("momentum(")) {
+    GTEST_SKIP() << "momentum correction sends the momentum-accumulated u (about g / (1 - m)): "
+                    "it replaces the optimizer's momentum, so its sum is not T g by design";
+  }
+  if (spec == "signsgd") GTEST_SKIP() << "a sign vote is an update direction, not an estimate";
+  auto c = make();
+  ASSERT_NE(c, nullptr);
+  const Shape shape = {32, 64};
+  TensorId id = c->register_tensor({"w", shape}).value();
+  // Scale 0.25: threshold:value=0.5 then drops all but the 4.6% beyond 2 sigma.
+  const std::vector<float> g = gaussian(32 * 64, 11, 0.25f);
+  constexpr int kSteps = 2000;
+  std::vector<double> delivered(g.size(), 0.0);
+  Compressor* ranks[] = {c.get()};
+  for (int step = 0; step < kSteps; ++step) {
+    auto exchanged = testing::serial_exchange(ranks, id, {g}, {step, kSteps});
+    ASSERT_TRUE(exchanged.is_ok()) << exchanged.status().to_string();
+    for (size_t i = 0; i < g.size(); ++i) delivered[i] += exchanged->averaged[0][i];
+  }
+  double error = 0, norm = 0;
+  for (size_t i = 0; i < g.size(); ++i) {
+    error += std::pow(delivered[i] - kSteps * double{g[i]}, 2);
+    norm += std::pow(kSteps * double{g[i]}, 2);
+  }
+  const double relative = std::sqrt(error / norm);
+  const bool warned = !memoryless_warning(spec).empty();
+  std::printf("%-60s relative shortfall %.4f, warned %d\n", spec.c_str(), relative, warned);
+  EXPECT_EQ(warned, relative > 0.3) << spec << ": relative shortfall " << relative;
+}
+
+TEST(RegistryTest, MemorylessWarningNamesTheSpecAndTheFix) {
+  const std::string warning = memoryless_warning("fp16(adtopk:density=0.01)");
+  EXPECT_NE(warning.find("'fp16(adtopk:density=0.01)' keeps no error feedback"),
+            std::string::npos)
+      << warning;
+  EXPECT_NE(warning.find("ef(fp16(adtopk:density=0.01))"), std::string::npos) << warning;
+  EXPECT_EQ(warning.find('\n'), std::string::npos) << "one line";
+  EXPECT_EQ(memoryless_warning("resireduce(ef(topk:density=0.01))"), "");
+  EXPECT_EQ(memoryless_warning("momentum(topk:density=0.01)"), "") << "accumulates v += u";
+  EXPECT_EQ(memoryless_warning("topk:density=1"), "") << "sends everything";
+  EXPECT_EQ(memoryless_warning("topk:density=("), "") << "invalid specs fail elsewhere";
+}
+
 // Every parameter named density rejects values outside (0, 1].
 TEST(RegistryTest, DensityOutOfRangeIsRejected) {
   for (const CompressorEntry& e : compressor_registry()) {

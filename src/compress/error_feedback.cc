@@ -152,7 +152,9 @@ CompressorEntry ef_entry() {
           {},
           InnerSpec::kRequired,
           {"ef(fp16)", "ef(topk:density=0.01)"},
-          ef_factory};
+          ef_factory,
+          /*loses_unsent=*/nullptr,
+          /*keeps_memory=*/true};
 }
 
 }  // namespace frugal::memory_internal

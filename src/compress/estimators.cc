@@ -518,7 +518,8 @@ std::vector<CompressorEntry> estimator_compressor_entries() {
                                      request.params.integer("warmup_steps", 0, 0, 1'000'000'000));
              return std::unique_ptr<Compressor>(
                  new DgcCompressor(request.context, request.value_dtype, density, sample, warmup));
-           })},
+           }),
+       loses_below_full_density},
       {"gaussiank",
        "Gaussian-k: normal-quantile threshold from mean/std, x0.5/x1.5 adjustment (5 rounds)",
        {kDensityDoc},
@@ -529,7 +530,8 @@ std::vector<CompressorEntry> estimator_compressor_entries() {
            [](const BuildRequest& request, double density) -> Result<std::unique_ptr<Compressor>> {
              return std::unique_ptr<Compressor>(
                  new GaussiankCompressor(request.context, request.value_dtype, density));
-           })},
+           }),
+       loses_below_full_density},
       {"redsync",
        "RedSync: binary search of a threshold between mean and max |x|, reused across steps",
        {kDensityDoc},
@@ -540,7 +542,8 @@ std::vector<CompressorEntry> estimator_compressor_entries() {
            [](const BuildRequest& request, double density) -> Result<std::unique_ptr<Compressor>> {
              return std::unique_ptr<Compressor>(
                  new RedsyncCompressor(request.context, request.value_dtype, density));
-           })},
+           }),
+       loses_below_full_density},
       {"sidco",
        "SIDCo-E: multi-stage exponential fit of |x|, threshold at the fitted quantile",
        {kDensityDoc, {"stages", "3", "fitting stages, 1 <= stages <= 8"}},
@@ -552,7 +555,8 @@ std::vector<CompressorEntry> estimator_compressor_entries() {
              FRUGAL_ASSIGN_OR_RETURN(int64_t stages, request.params.integer("stages", 3, 1, 8));
              return std::unique_ptr<Compressor>(
                  new SidcoCompressor(request.context, request.value_dtype, density, stages));
-           })},
+           }),
+       loses_below_full_density},
   };
 }
 

@@ -163,7 +163,9 @@ CompressorEntry momentum_entry() {
           {{"momentum", "0.9", "momentum factor m, 0 <= m < 1 (u = m*u + g; v += u)"}},
           InnerSpec::kRequired,
           {"momentum(topk:density=0.01)"},
-          momentum_factory};
+          momentum_factory,
+          /*loses_unsent=*/nullptr,
+          /*keeps_memory=*/true};
 }
 
 }  // namespace frugal::memory_internal

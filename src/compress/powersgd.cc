@@ -396,7 +396,11 @@ std::vector<CompressorEntry> powersgd_compressor_entries() {
          "compress an n x m tensor only when (n + m) r * rate < n m; 0..1e6"}},
        InnerSpec::kNone,
        {"powersgd:rank=2", "powersgd:rank=1,warm_start=false,error_feedback=false"},
-       make_powersgd},
+       make_powersgd,
+       [](const ParamReader& params) {
+         auto error_feedback = params.boolean("error_feedback", true);
+         return error_feedback.is_ok() && !error_feedback.value();
+       }},
   };
 }
 

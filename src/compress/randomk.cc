@@ -261,7 +261,11 @@ std::vector<CompressorEntry> randomk_compressor_entries() {
        InnerSpec::kNone,
        {"randomk:density=0.01", "fp16(randomk:density=0.25,unbiased=true)",
         "ef(randomk:density=0.01)"},
-       make_randomk},
+       make_randomk,
+       [](const ParamReader& params) {
+         auto unbiased = params.boolean("unbiased", false);
+         return loses_below_full_density(params) && unbiased.is_ok() && !unbiased.value();
+       }},
   };
 }
 

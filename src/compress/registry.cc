@@ -33,18 +33,23 @@ std::string valid_keys(const CompressorEntry& entry) {
   return keys;
 }
 
+const CompressorEntry* find_entry(const std::string& name) {
+  const auto& registry = compressor_registry();
+  auto it = std::find_if(registry.begin(), registry.end(),
+                         [&](const CompressorEntry& e) { return e.name == name; });
+  return it == registry.end() ? nullptr : &*it;
+}
+
 Result<std::unique_ptr<Compressor>> build(const SpecNode& node, DType value_dtype,
                                           const CompressorContext& context,
                                           std::string_view full_spec) {
-  const auto& registry = compressor_registry();
-  auto it = std::find_if(registry.begin(), registry.end(),
-                         [&](const CompressorEntry& e) { return e.name == node.name; });
+  const CompressorEntry* found = find_entry(node.name);
   const std::string where = "compressor spec '" + std::string(full_spec) + "'";
-  if (it == registry.end()) {
+  if (found == nullptr) {
     return invalid_argument(where + ": unknown compressor '" + node.name +
                             "'; valid: " + valid_names());
   }
-  const CompressorEntry& entry = *it;
+  const CompressorEntry& entry = *found;
   if (node.inner && entry.inner == InnerSpec::kNone) {
     return invalid_argument(where + ": " + entry.name + " does not wrap another compressor");
   }
@@ -87,6 +92,28 @@ Result<std::unique_ptr<Compressor>> make_compressor(std::string_view spec,
   }
   FRUGAL_ASSIGN_OR_RETURN(SpecNode node, parse_spec(spec));
   return build(node, DType::kF32, context, spec);
+}
+
+bool loses_below_full_density(const ParamReader& params) {
+  auto density = params.real("density", 0.01, 0.0, 1.0, /*min_exclusive=*/true);
+  return density.is_ok() && density.value() < 1.0;
+}
+
+std::string memoryless_warning(std::string_view spec) {
+  auto parsed = parse_spec(spec);
+  if (!parsed.is_ok()) return "";
+  // Outside in: a memory anywhere above the lossy compressor keeps what it drops.
+  for (const SpecNode* node = &parsed.value(); node != nullptr; node = node->inner.get()) {
+    const CompressorEntry* entry = find_entry(node->name);
+    if (entry == nullptr || entry->keeps_memory) return "";
+    if (entry->loses_unsent && entry->loses_unsent(ParamReader(entry->name, node->params))) {
+      return "compressor '" + std::string(spec) + "' keeps no error feedback: what a step does " +
+             "not send is dropped for good, which costs accuracy (bare adtopk at density 0.01 " +
+             "lost 2.2 points in 3 epochs of mlp); ef(" + std::string(spec) +
+             ") carries it over to the next step";
+    }
+  }
+  return "";
 }
 
 std::string describe_compressors() {

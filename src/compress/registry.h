@@ -38,7 +38,15 @@ struct CompressorEntry {
   InnerSpec inner = InnerSpec::kNone;
   std::vector<std::string> examples;  // specs that tests and docs exercise
   CompressorFactory factory;
+  // Set where the compressor, as its parameters configure it, is biased and remembers nothing:
+  // what a step does not send is lost for good unless a memory wraps it (memoryless_warning).
+  std::function<bool(const ParamReader&)> loses_unsent = nullptr;
+  // ef, momentum, resireduce: carries what the inner compressor did not send to the next step.
+  bool keeps_memory = false;
 };
+
+// loses_unsent for compressors that send everything only at density 1.
+bool loses_below_full_density(const ParamReader& params);
 
 // Every registered compressor, in documentation order.
 const std::vector<CompressorEntry>& compressor_registry();
@@ -47,6 +55,10 @@ const std::vector<CompressorEntry>& compressor_registry();
 // key with the valid ones, or the out-of-range value with its range.
 Result<std::unique_ptr<Compressor>> make_compressor(std::string_view spec,
                                                     const CompressorContext& context);
+
+// A one-line warning for a spec that loses what it does not send (a loses_unsent compressor
+// with no keeps_memory wrapper around it), naming the fix; empty for other or invalid specs.
+std::string memoryless_warning(std::string_view spec);
 
 // A human-readable list of compressors and their parameters (for `--help` and docs).
 std::string describe_compressors();

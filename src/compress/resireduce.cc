@@ -521,7 +521,9 @@ CompressorEntry resireduce_entry() {
           InnerSpec::kRequired,
           {"resireduce(ef(topk:density=0.01))",
            "resireduce(ef(fp16)):mode=mean,rows=0.25,cols=0.75,min_2d=1000"},
-          resireduce_factory};
+          resireduce_factory,
+          /*loses_unsent=*/nullptr,
+          /*keeps_memory=*/true};
 }
 
 }  // namespace frugal::memory_internal

@@ -87,7 +87,8 @@ std::vector<CompressorEntry> topk_compressor_entries() {
          FRUGAL_ASSIGN_OR_RETURN(double density, read_density(request));
          return std::unique_ptr<Compressor>(
              new TopkCompressor(request.context, request.value_dtype, density));
-       }},
+       },
+       loses_below_full_density},
       {"threshold",
        "every element with |x| >= value (Strom), variable size, allgatherv'd",
        {{"value", "0.01", "magnitude threshold, 0 <= value (0 sends every element)"}},
@@ -100,6 +101,10 @@ std::vector<CompressorEntry> topk_compressor_entries() {
              request.params.real("value", 0.01, 0.0, std::numeric_limits<float>::max()));
          return std::unique_ptr<Compressor>(
              new ThresholdCompressor(request.context, request.value_dtype, value));
+       },
+       [](const ParamReader& params) {
+         auto value = params.real("value", 0.01, 0.0, std::numeric_limits<float>::max());
+         return value.is_ok() && value.value() > 0;
        }},
   };
 }
