@@ -333,8 +333,7 @@ TEST_P(ContractTest, WarnsOfLostMassExactlyWhenAConstantGradientIsNotDeliveredIn
 
 TEST(RegistryTest, MemorylessWarningNamesTheSpecAndTheFix) {
   const std::string warning = memoryless_warning("fp16(adtopk:density=0.01)");
-  EXPECT_NE(warning.find("'fp16(adtopk:density=0.01)' keeps no error feedback"),
-            std::string::npos)
+  EXPECT_NE(warning.find("'fp16(adtopk:density=0.01)' keeps no error feedback"), std::string::npos)
       << warning;
   EXPECT_NE(warning.find("ef(fp16(adtopk:density=0.01))"), std::string::npos) << warning;
   EXPECT_EQ(warning.find('\n'), std::string::npos) << "one line";
