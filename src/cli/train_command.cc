@@ -57,13 +57,12 @@ constexpr double kDefaultSgdLr = 0.05;
 constexpr double kDefaultAdamLr = 1e-3;
 
 // Ranks on this host, for the default thread count: the launcher's LOCAL_WORLD_SIZE, mpirun's
-// OMPI_COMM_WORLD_LOCAL_SIZE, or the thread-ranks of the local backend.
+// OMPI_COMM_WORLD_LOCAL_SIZE, or the thread-ranks of the local backend. A bad environment is
+// reported when the rank reads its CommConfig.
 int local_ranks(const TrainFlags& flags) {
   if (flags.backend == "local") return flags.workers;
-  for (const char* name : {"LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"}) {
-    if (const char* value = std::getenv(name)) return std::max(1, std::atoi(value));
-  }
-  return 1;
+  auto config = comm_config_from_env(CommConfig{});
+  return config.is_ok() ? std::max(1, config->local_size) : 1;
 }
 
 nlohmann::json config_json(const TrainFlags& f, const TrainerOptions& o, int world_size) {
