@@ -97,30 +97,25 @@ fi
 # --- --bind-cores: every thread of local rank r runs on the r-th share of the CPUs this job may
 # use (contiguous runs of cpus[r*C/N, (r+1)*C/N), one CPU each with more ranks than CPUs), read
 # from the kernel's view of each thread. gloo: one process per rank; local: one thread per rank.
-allowed=$(grep Cpus_allowed_list /proc/self/status | cut -f2)
-expected_share() {  # expected_share RANK N: the CPU list rank RANK should be bound to
-  "$python" - "$allowed" "$1" "$2" <<'PY'
-import sys
-def expand(text):
-    cpus = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        cpus += range(int(lo), int(hi or lo) + 1)
-    return cpus
-cpus, r, n = expand(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-c = len(cpus)
-share = cpus[r * c // n:max(r * c // n + 1, (r + 1) * c // n)]
-print(",".join(map(str, share)))
-PY
+expand_cpus() {  # expand_cpus "0-2,5" -> 0,1,2,5
+  "$python" -c 'import sys
+cpus = []
+for part in sys.argv[1].split(","):
+    lo, _, hi = part.partition("-")
+    cpus += range(int(lo), int(hi or lo) + 1)
+print(",".join(map(str, cpus)))' "$1"
+}
+IFS=, read -ra allowed <<<"$(expand_cpus "$(grep Cpus_allowed_list /proc/self/status | cut -f2)")"
+expected_share() {  # expected_share RANK N: the CPU list rank RANK of N should be bound to
+  local c=${#allowed[@]} begin end
+  begin=$(($1 * c / $2)); end=$((($1 + 1) * c / $2))
+  ((end < begin + 1)) && end=$((begin + 1))
+  local share="${allowed[*]:begin:end-begin}"
+  echo "${share// /,}"
 }
 thread_cpus() {  # thread_cpus PID: each thread's CPU list, expanded, one line per thread
   for status in /proc/"$1"/task/*/status; do
-    "$python" -c 'import sys
-out = []
-for part in sys.argv[1].split(","):
-    lo, _, hi = part.partition("-")
-    out += range(int(lo), int(hi or lo) + 1)
-print(",".join(map(str, out)))' "$(grep Cpus_allowed_list "$status" | cut -f2)"
+    expand_cpus "$(grep Cpus_allowed_list "$status" | cut -f2)"
   done
 }
 bind=(train --workers 3 --dataset synthetic --steps 100000 --batch-size 8 --progress lines
