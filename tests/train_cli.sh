@@ -148,5 +148,20 @@ done
 ((failures == before)) && echo "ok: --bind-cores local: thread CPU lists $(tr '\n' ' ' <<<"$seen")"
 kill "$pid"; wait "$pid" 2>/dev/null
 
+# --- The default --threads counts the CPUs the job may use (nproc honours the affinity mask too).
+first_cpu=$(grep Cpus_allowed_list /proc/self/status | cut -f2 | cut -d, -f1 | cut -d- -f1)
+for mask in "" "taskset -c $first_cpu"; do
+  $mask "$frugal" train --workers 1 --steps 1 --dataset synthetic --no-eval --progress off \
+    --summary "$work/threads.json" >/dev/null 2>&1
+  want=$($mask nproc)
+  got=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["config"]["threads"])' \
+        "$work/threads.json" 2>/dev/null)
+  if [ "$got" != "$want" ]; then
+    fail "default --threads under '${mask:-no mask}': $got, expected nproc = $want"
+  else
+    echo "ok: default --threads under '${mask:-no mask}' is nproc = $want"
+  fi
+done
+
 echo "train_cli: $failures failure(s)"
 [ "$failures" -eq 0 ]

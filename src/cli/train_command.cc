@@ -12,6 +12,7 @@
 #include "cli/validators.h"
 #include "compress/registry.h"
 #include "core/clock.h"
+#include "core/cpu_affinity.h"
 #include "core/logging.h"
 #include "core/timeline.h"
 #include "engine/fusion_plan.h"
@@ -179,7 +180,12 @@ Status resolve(TrainFlags& f) {
   o.optimizer.lr = f.lr > 0 ? f.lr : (o.optimizer.name == "sgd" ? kDefaultSgdLr : kDefaultAdamLr);
   if (f.lr < 0) return invalid_argument("--lr must be > 0");
   if (o.threads == 0) {
-    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    // The CPUs this job may use (taskset, a cgroup's cpuset, mpirun's binding), not every CPU of
+    // the machine, which would oversubscribe a narrower set.
+    auto allowed = allowed_cpus();
+    const int cores = allowed.is_ok() && !allowed->empty()
+                          ? static_cast<int>(allowed->size())
+                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     o.threads = std::max(1, cores / local_ranks(f));
   }
   if (f.first_bucket_mb < 0 || f.own_bucket_mb < 0) {
@@ -334,8 +340,8 @@ void add_train_command(CLI::App& app, int& exit_code, const std::vector<std::str
       ->capture_default_str();
   train
       ->add_option("--threads", o.threads,
-                   "LibTorch threads per worker (default: cores / workers on this host, so "
-                   "workers x threads <= cores)")
+                   "LibTorch threads per worker (default: the CPUs this job may use / workers on "
+                   "this host, so workers x threads <= CPUs)")
       ->check(non_negative());
   train
       ->add_option("--sync", flags->sync,
