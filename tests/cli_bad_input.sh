@@ -4,11 +4,13 @@
 set -uo pipefail
 frugal="$1"
 failures=0
+cases=0
 
 # expect_error EXPECTED_SUBSTRING ENV... -- ARGS...
 expect_error() {
   local expected="$1"; shift
   local env_vars=()
+  cases=$((cases + 1))
   while [ "$1" != "--" ]; do env_vars+=("$1"); shift; done
   shift
   local output code
@@ -40,6 +42,21 @@ rm -rf "$store"
 # An unreachable master: nothing listens on this loopback port.
 expect_error "127.0.0.1:1" RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 FRUGAL_TIMEOUT_MS=2000 -- "${bench[@]}"
 expect_error "A subcommand is required" X=1 -- bench nosuch
+# Flags beat the environment: a 600 s FRUGAL_TIMEOUT_MS loses to --timeout-ms 2000 (else the
+# missing rank 0 keeps this waiting past the 60 s limit), and a bad FRUGAL_SOCKET_IFNAME is
+# named where no --iface replaces it.
+store=$(mktemp -d)
+expect_error "0" RANK=1 WORLD_SIZE=2 FRUGAL_STORE_PATH="$store" FRUGAL_TIMEOUT_MS=600000 -- "${bench[@]}" --timeout-ms 2000
+rm -rf "$store"
+expect_error "nosuch0" RANK=0 WORLD_SIZE=1 FRUGAL_SOCKET_IFNAME=nosuch0 -- "${bench[@]}" --backend gloo
+cases=$((cases + 1))
+if ! output=$(env RANK=0 WORLD_SIZE=1 FRUGAL_SOCKET_IFNAME=nosuch0 timeout 60 "$frugal" "${bench[@]}" --backend gloo --iface lo 2>&1); then
+  echo "FAIL: --iface lo did not replace FRUGAL_SOCKET_IFNAME=nosuch0:"
+  echo "$output" | sed 's/^/    /'
+  failures=$((failures + 1))
+else
+  echo "ok: FRUGAL_SOCKET_IFNAME=nosuch0 with --iface lo runs"
+fi
 
 train=(train --steps 2 --progress off)
 expect_error "--model: vgg not in" X=1 -- "${train[@]}" --model vgg
@@ -74,5 +91,5 @@ expect_error "the checkpoint has no 'param/" X=1 -- train --backend local --work
 expect_error "holds checkpoints of another run (newest: step 1); pass --resume" X=1 -- train --backend local --workers 1 --steps 2 --batch-size 8 --no-eval --progress off --dataset synthetic --checkpoint-dir "$ckpt_dir"
 rm -rf "$ckpt_dir" /tmp/frugal-bad-ckpt
 
-echo "$((33 - failures)) passed, $failures failed"
+echo "$((cases - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

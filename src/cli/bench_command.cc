@@ -27,6 +27,7 @@ struct CommBenchFlags {
   bool json = false;
   bool check = false;
   int64_t timeout_ms = 120'000;
+  bool timeout_given = false;  // set from the parse: --timeout-ms beats FRUGAL_TIMEOUT_MS
   std::string iface;
 };
 
@@ -53,6 +54,7 @@ int run_comm_bench_command(const CommBenchFlags& flags, const std::vector<std::s
   job.backend = flags.backend;
   job.workers = flags.workers;
   job.timeout_ms = flags.timeout_ms;
+  job.timeout_given = flags.timeout_given;
   job.iface = flags.iface;
   job.check_consistency = flags.check;
   return run_job_ranks(job, argv, [&](Communicator& comm) { return bench_one_rank(comm, flags); });
@@ -219,6 +221,7 @@ struct ReplayBenchFlags {
   std::string backend = "gloo";
   int workers = 4;
   int64_t timeout_ms = 120'000;
+  bool timeout_given = false;  // set from the parse: --timeout-ms beats FRUGAL_TIMEOUT_MS
   std::string iface;
   std::vector<std::string> models = {"resnet50"};
   std::string backward_ms = "auto";
@@ -314,6 +317,7 @@ int run_replay_bench_command(const ReplayBenchFlags& flags, const std::vector<st
   job.backend = flags.backend;
   job.workers = flags.workers;
   job.timeout_ms = flags.timeout_ms;
+  job.timeout_given = flags.timeout_given;
   job.iface = flags.iface;
   job.check_consistency = false;  // a benchmark: no extra round trip per collective
   return run_job_ranks(job, argv,
@@ -380,11 +384,15 @@ void add_replay_bench_command(CLI::App& bench, int& exit_code,
                    "Ranks to start on this host; ignored when started by mpirun or with "
                    "RANK/WORLD_SIZE (e.g. by bench/cluster.sh)")
       ->capture_default_str();
-  replay->add_option("--timeout-ms", flags->timeout_ms, "Per-collective timeout")
+  replay
+      ->add_option("--timeout-ms", flags->timeout_ms,
+                   "Per-collective timeout; beats FRUGAL_TIMEOUT_MS")
       ->check(positive())
       ->capture_default_str();
-  replay->add_option("--iface", flags->iface,
-                     "Network interface for gloo (default: FRUGAL_SOCKET_IFNAME, else loopback)");
+  replay->add_option(
+      "--iface", flags->iface,
+      "Network interface for gloo; beats FRUGAL_SOCKET_IFNAME (default: that variable, "
+      "else loopback)");
   replay
       ->add_option("--json", flags->json_path,
                    "Write {run, records}: one record per model and strategy")
@@ -401,8 +409,10 @@ void add_replay_bench_command(CLI::App& bench, int& exit_code,
                    "Draw iterations/s per model and strategy into this SVG "
                    "(bench/plot_results.py, python3-matplotlib)")
       ->type_name("FILE");
-  replay->callback(
-      [flags, &exit_code, argv] { exit_code = run_replay_bench_command(*flags, argv); });
+  replay->callback([flags, replay, &exit_code, argv] {
+    flags->timeout_given = replay->count("--timeout-ms") > 0;
+    exit_code = run_replay_bench_command(*flags, argv);
+  });
 }
 struct CkptBenchFlags {
   std::string parameters = "1e8";
@@ -454,7 +464,8 @@ void add_ckpt_bench_command(CLI::App& bench, int& exit_code) {
   bench::CkptBenchOptions& o = flags->options;
   CLI::App* ckpt = bench.add_subcommand(
       "ckpt",
-      "Checkpoint cost to training: stall per save (sync vs async), persist vs the disk's "
+      "Checkpoint cost to training: stall per save (sync vs async, which is frugal train's "
+      "default lazy mode), persist vs the disk's "
       "write + fsync bandwidth, restore time; the restored state is checked bit for bit");
   ckpt->add_option("--parameters", flags->parameters,
                    "f32 parameters of the synthetic transformer-like state (e.g. 1e8)")
@@ -495,7 +506,10 @@ void add_ckpt_bench_command(CLI::App& bench, int& exit_code) {
 }  // namespace
 
 void add_bench_commands(CLI::App& app, int& exit_code, const std::vector<std::string>& argv) {
-  CLI::App* bench = app.add_subcommand("bench", "Benchmarks (print tables; --json for records)");
+  CLI::App* bench =
+      app.add_subcommand("bench",
+                         "Benchmarks: comm, compress, replay, ckpt (tables on stdout; "
+                         "each one's --help says how it writes JSON)");
   bench->require_subcommand(1);
 
   auto flags = std::make_shared<CommBenchFlags>();
@@ -522,15 +536,21 @@ void add_bench_commands(CLI::App& app, int& exit_code, const std::vector<std::st
                    "Approximate time spent timing each size")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  comm->add_option("--timeout-ms", flags->timeout_ms, "Per-operation timeout")
+  comm->add_option("--timeout-ms", flags->timeout_ms,
+                   "Per-operation timeout; beats FRUGAL_TIMEOUT_MS")
       ->check(positive())
       ->capture_default_str();
-  comm->add_option("--iface", flags->iface,
-                   "Network interface for gloo (default: FRUGAL_SOCKET_IFNAME, else loopback)");
+  comm->add_option(
+      "--iface", flags->iface,
+      "Network interface for gloo; beats FRUGAL_SOCKET_IFNAME (default: that variable, "
+      "else loopback)");
   comm->add_flag("--check", flags->check,
                  "Verify before each collective that all ranks agree (adds a round trip)");
   comm->add_flag("--json", flags->json, "Print one JSON record per row instead of a table");
-  comm->callback([flags, &exit_code, argv] { exit_code = run_comm_bench_command(*flags, argv); });
+  comm->callback([flags, comm, &exit_code, argv] {
+    flags->timeout_given = comm->count("--timeout-ms") > 0;
+    exit_code = run_comm_bench_command(*flags, argv);
+  });
 
   add_compress_bench_command(*bench, exit_code);
   add_replay_bench_command(*bench, exit_code, argv);

@@ -127,9 +127,11 @@ int run_job_ranks(const RankJob& job, const std::vector<std::string>& argv,
   CommConfig base;
   base.backend = job.backend;
   base.timeout_ms = job.timeout_ms;
-  base.iface = job.iface;
   base.check_consistency = job.check_consistency;
-  auto config = rank_comm_config(base);
+  CommFlags given;
+  if (job.timeout_given) given.timeout_ms = job.timeout_ms;
+  if (!job.iface.empty()) given.iface = job.iface;
+  auto config = rank_comm_config(base, given);
   if (!config.is_ok()) return report_error(config.status());
   if (job.bind_cores) {
     if (config->local_size == 0 && config->local_rank > 0) {
@@ -147,9 +149,9 @@ int run_job_ranks(const RankJob& job, const std::vector<std::string>& argv,
                         : report_error(status.with_context("rank " + std::to_string(config->rank)));
 }
 
-Result<CommConfig> rank_comm_config(CommConfig base) {
+Result<CommConfig> rank_comm_config(CommConfig base, const CommFlags& given) {
   allow_mpirun_as_root();  // harmless when not under MPI; needed if MPI spawns helpers
-  return comm_config_from_env(std::move(base));
+  return comm_config_from_env(std::move(base), process_env(), given);
 }
 
 int report_error(const Status& status) {

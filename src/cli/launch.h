@@ -24,7 +24,8 @@ struct RankJob {
   std::string backend = "gloo";
   int workers = 2;
   int64_t timeout_ms = 60'000;
-  std::string iface;
+  bool timeout_given = false;  // --timeout-ms was on the command line: it beats FRUGAL_TIMEOUT_MS
+  std::string iface;           // empty: not given (FRUGAL_SOCKET_IFNAME, else loopback)
   bool check_consistency = true;  // see CommConfig::check_consistency
   // --bind-cores: each rank runs on its share of this host's CPUs (core/cpu_affinity.h), taken
   // by its place among the host's ranks (thread index, LOCAL_RANK/LOCAL_WORLD_SIZE, or mpirun's).
@@ -37,9 +38,9 @@ struct RankJob {
 int run_job_ranks(const RankJob& job, const std::vector<std::string>& argv,
                   const std::function<Status(Communicator&)>& body);
 
-// This process's CommConfig: flags in `base`, overridden by the environment set by the
-// launcher, torchrun or mpirun.
-Result<CommConfig> rank_comm_config(CommConfig base);
+// This process's CommConfig: the flags' defaults in `base`, overridden by the environment set by
+// the launcher, torchrun or mpirun, overridden by the flags the user gave.
+Result<CommConfig> rank_comm_config(CommConfig base, const CommFlags& given = {});
 
 // Prints "frugal: error: <message>" on stderr and returns the exit code for the status:
 // 2 for bad input (InvalidArgument, NotFound, OutOfRange), 130 for Aborted, 1 otherwise.

@@ -51,6 +51,7 @@ struct TrainFlags {
   double first_bucket_mb = 1;
   double own_bucket_mb = 4;
   int64_t timeout_ms = 120'000;
+  bool timeout_given = false;  // set from the parse: --timeout-ms beats FRUGAL_TIMEOUT_MS
   std::string iface;
 };
 
@@ -239,6 +240,7 @@ int run_train(TrainFlags flags, const std::vector<std::string>& argv) {
   job.backend = flags.backend;
   job.workers = flags.workers;
   job.timeout_ms = flags.timeout_ms;
+  job.timeout_given = flags.timeout_given;
   job.iface = flags.iface;
   // Every rank runs the same program, so the per-collective consistency check (a small
   // allgather each time, milliseconds on gloo) would only cost time.
@@ -358,7 +360,8 @@ void add_train_command(CLI::App& app, int& exit_code, const std::vector<std::str
   train
       ->add_option("--fusion", flags->fusion,
                    "Gradient fusion: none (per tensor, WFBP), bytes:MB (Horovod: fuse up to MB, "
-                   "then compress the buffer), omgs (fuse, then one top-k per buffer), safusion "
+                   "then compress the buffer), omgs (fuse, then compress each buffer whole: "
+                   "sparsify-behind), safusion "
                    "(compress each tensor as it is ready, fuse the payloads; buffers from a "
                    "profiled cost model), ssfusion (per tensor: compress only where it pays)")
       ->capture_default_str();
@@ -445,12 +448,16 @@ void add_train_command(CLI::App& app, int& exit_code, const std::vector<std::str
   train
       ->add_option("--timeout-ms", flags->timeout_ms,
                    "A collective that makes no progress this long fails (a dead or hung "
-                   "worker)")
+                   "worker); beats FRUGAL_TIMEOUT_MS")
       ->check(positive())
       ->capture_default_str();
   train->add_option("--iface", flags->iface,
-                    "Network interface or address gloo binds to (default: loopback for one host)");
-  train->callback([flags, &exit_code, argv] { exit_code = run_train(*flags, argv); });
+                    "Network interface or address gloo binds to; beats FRUGAL_SOCKET_IFNAME "
+                    "(default: that variable, else loopback for one host)");
+  train->callback([flags, train, &exit_code, argv] {
+    flags->timeout_given = train->count("--timeout-ms") > 0;
+    exit_code = run_train(*flags, argv);
+  });
 }
 
 }  // namespace frugal::cli

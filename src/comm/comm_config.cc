@@ -50,7 +50,8 @@ bool launched_torchrun_style(const EnvLookup& getenv) {
   return getenv("RANK").has_value() && getenv("WORLD_SIZE").has_value();
 }
 
-Result<CommConfig> comm_config_from_env(CommConfig base, const EnvLookup& getenv) {
+Result<CommConfig> comm_config_from_env(CommConfig base, const EnvLookup& getenv,
+                                        const CommFlags& given) {
   CommConfig config = std::move(base);
   if (launched_by_mpirun(getenv)) config.backend = "mpi";
   if (auto backend = getenv("FRUGAL_BACKEND")) config.backend = *backend;
@@ -78,6 +79,8 @@ Result<CommConfig> comm_config_from_env(CommConfig base, const EnvLookup& getenv
   if (auto path = getenv("FRUGAL_STORE_PATH")) config.store_path = *path;
   if (auto iface = getenv("GLOO_SOCKET_IFNAME")) config.iface = *iface;
   if (auto iface = getenv("FRUGAL_SOCKET_IFNAME")) config.iface = *iface;
+  if (given.timeout_ms) config.timeout_ms = *given.timeout_ms;
+  if (given.iface) config.iface = *given.iface;
 
   if (Status s = validate_comm_config(config); !s.is_ok()) return s;
   return config;

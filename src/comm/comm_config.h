@@ -45,13 +45,24 @@ struct CommConfig {
   bool check_consistency = true;
 };
 
+// Settings the command line gave explicitly (--timeout-ms, --iface). They beat the environment,
+// as a flag beats an exported variable in most tools: `--iface eth1` is what the user asked for,
+// even where FRUGAL_SOCKET_IFNAME (set by bench/cluster.sh, say) names another interface. The
+// backend is not here: under mpirun it must be mpi whatever the flag's default says.
+struct CommFlags {
+  std::optional<int64_t> timeout_ms = std::nullopt;
+  std::optional<std::string> iface = std::nullopt;
+};
+
 // Reads RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT (torchrun),
 // FRUGAL_STORE_PATH, FRUGAL_SOCKET_IFNAME (or GLOO_SOCKET_IFNAME), FRUGAL_TIMEOUT_MS and
-// FRUGAL_BACKEND over the defaults in `base`. Under mpirun (OMPI_COMM_WORLD_RANK is set) the
-// backend defaults to "mpi". `getenv` is injectable for tests. Returns InvalidArgument naming the
-// variable for bad values, e.g. RANK >= WORLD_SIZE or a port outside 1..65535.
+// FRUGAL_BACKEND over the defaults in `base`, then applies `given`. Under mpirun
+// (OMPI_COMM_WORLD_RANK is set) the backend defaults to "mpi". `getenv` is injectable for tests.
+// Returns InvalidArgument naming the variable for bad values, e.g. RANK >= WORLD_SIZE or a port
+// outside 1..65535.
 using EnvLookup = std::function<std::optional<std::string>(const std::string&)>;
-Result<CommConfig> comm_config_from_env(CommConfig base, const EnvLookup& getenv);
+Result<CommConfig> comm_config_from_env(CommConfig base, const EnvLookup& getenv,
+                                        const CommFlags& given = {});
 Result<CommConfig> comm_config_from_env(CommConfig base);  // the process environment
 
 // True if this process was started by mpirun, or with torchrun-style RANK/WORLD_SIZE.

@@ -41,6 +41,32 @@ TEST(CommConfig, FrugalIfnameWinsOverGloos) {
   EXPECT_EQ(config->iface, "veth0");
 }
 
+TEST(CommConfig, FlagsGivenBeatTheEnvironmentWhichBeatsTheDefaults) {
+  CommConfig defaults;
+  defaults.timeout_ms = 120'000;
+  defaults.iface = "lo";
+  auto vars = env({{"FRUGAL_TIMEOUT_MS", "5000"}, {"FRUGAL_SOCKET_IFNAME", "eth0"}});
+
+  auto from_env = comm_config_from_env(defaults, vars);
+  ASSERT_TRUE(from_env.is_ok()) << from_env.status().to_string();
+  EXPECT_EQ(from_env->timeout_ms, 5000);
+  EXPECT_EQ(from_env->iface, "eth0");
+
+  auto from_flags = comm_config_from_env(defaults, vars, {.timeout_ms = 30'000, .iface = "eth1"});
+  ASSERT_TRUE(from_flags.is_ok()) << from_flags.status().to_string();
+  EXPECT_EQ(from_flags->timeout_ms, 30'000);
+  EXPECT_EQ(from_flags->iface, "eth1");
+
+  auto one_flag = comm_config_from_env(defaults, vars, {.iface = "eth1"});
+  ASSERT_TRUE(one_flag.is_ok()) << one_flag.status().to_string();
+  EXPECT_EQ(one_flag->timeout_ms, 5000) << "the timeout was not given: the environment's";
+
+  auto no_env = comm_config_from_env(defaults, env({}));
+  ASSERT_TRUE(no_env.is_ok()) << no_env.status().to_string();
+  EXPECT_EQ(no_env->timeout_ms, 120'000);
+  EXPECT_EQ(no_env->iface, "lo");
+}
+
 TEST(CommConfig, MpirunSelectsMpi) {
   auto config = comm_config_from_env(CommConfig{}, env({{"OMPI_COMM_WORLD_RANK", "0"}}));
   ASSERT_TRUE(config.is_ok());

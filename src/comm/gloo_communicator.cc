@@ -275,9 +275,10 @@ Status check_interface_exists(const std::string& iface) {
   if (std::find(names.begin(), names.end(), iface) != names.end()) return Status::ok();
   std::string available;
   for (const std::string& name : names) available += (available.empty() ? "" : ", ") + name;
-  return invalid_argument("network interface '" + iface +
-                          "' (FRUGAL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME) does not exist on this " +
-                          "host; available interfaces: " + available);
+  return invalid_argument(
+      "network interface '" + iface +
+      "' (--iface, FRUGAL_SOCKET_IFNAME or GLOO_SOCKET_IFNAME) does not exist on this " +
+      "host; available interfaces: " + available);
 }
 
 std::string device_target(const gloo::transport::tcp::attr& attr) {
