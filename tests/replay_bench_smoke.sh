@@ -82,9 +82,12 @@ print("ok: records, ratios, markdown, traces" + (" and plot" if plotted else "")
 PY
 then fail "outputs of the local run"; fi
 
-# --- Processes over gloo (the launcher path bench/cluster.sh and mpirun also take).
-if ! timeout 300 "$frugal" bench replay --workers 2 --model "$work/tiny.txt" --steps 1 \
-     --backward-ms 5 --json "$work/gloo.json" >"$work/gloo.log" 2>&1; then
+# --- Processes over gloo (the launcher path bench/cluster.sh and mpirun also take), each bound
+# to its share of the CPUs: the debug log names each rank's CPUs, which must be the share
+# (core/cpu_affinity.h) of this test's own CPU list, worked out here.
+if ! FRUGAL_LOG_LEVEL=debug timeout 300 "$frugal" bench replay --workers 2 --bind-cores \
+     --model "$work/tiny.txt" --steps 1 --backward-ms 5 --json "$work/gloo.json" \
+     >"$work/gloo.log" 2>&1; then
   fail "gloo run exited non-zero:"; sed 's/^/    /' "$work/gloo.log"
 elif ! "$python" -c "import json,sys; d=json.load(open(sys.argv[1])); \
 assert [r['fusion'] for r in d['records']] == ['none','omgs','safusion'] and \
@@ -92,6 +95,28 @@ d['run']['backend'] == 'gloo' and d['records'][0]['dense_comm_ms'] > 0" "$work/g
   fail "gloo run's JSON"
 else
   echo "ok: gloo processes"
+fi
+want_binding="$("$python" - <<'PY'
+import os
+cpus = sorted(os.sched_getaffinity(0))
+c, n = len(cpus), 2
+for r in range(n):
+    share = cpus[r * c // n:max(r * c // n + 1, (r + 1) * c // n)]
+    runs = []
+    for cpu in share:
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    text = ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+    print(f"--bind-cores: local rank {r} of {n} on CPUs {text}")
+PY
+)"
+got_binding="$(grep -o -- '--bind-cores: local rank .*' "$work/gloo.log" | sort)"
+if [[ "$got_binding" == "$want_binding" ]]; then
+  echo "ok: --bind-cores on gloo processes: $(tr '\n' ';' <<<"$got_binding")"
+else
+  fail "--bind-cores: got '$got_binding', wanted '$want_binding'"
 fi
 
 # --- Bad input: exit 2, one line naming the flag and what is valid.

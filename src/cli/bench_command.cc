@@ -29,6 +29,7 @@ struct CommBenchFlags {
   int64_t timeout_ms = 120'000;
   bool timeout_given = false;  // set from the parse: --timeout-ms beats FRUGAL_TIMEOUT_MS
   std::string iface;
+  bool bind_cores = false;
 };
 
 void print_rows(const std::vector<bench::CommBenchRow>& rows, bool json) {
@@ -56,6 +57,7 @@ int run_comm_bench_command(const CommBenchFlags& flags, const std::vector<std::s
   job.timeout_ms = flags.timeout_ms;
   job.timeout_given = flags.timeout_given;
   job.iface = flags.iface;
+  job.bind_cores = flags.bind_cores;
   job.check_consistency = flags.check;
   return run_job_ranks(job, argv, [&](Communicator& comm) { return bench_one_rank(comm, flags); });
 }
@@ -223,6 +225,7 @@ struct ReplayBenchFlags {
   int64_t timeout_ms = 120'000;
   bool timeout_given = false;  // set from the parse: --timeout-ms beats FRUGAL_TIMEOUT_MS
   std::string iface;
+  bool bind_cores = false;
   std::vector<std::string> models = {"resnet50"};
   std::string backward_ms = "auto";
   bench::ReplayBenchOptions options;
@@ -319,6 +322,7 @@ int run_replay_bench_command(const ReplayBenchFlags& flags, const std::vector<st
   job.timeout_ms = flags.timeout_ms;
   job.timeout_given = flags.timeout_given;
   job.iface = flags.iface;
+  job.bind_cores = flags.bind_cores;
   job.check_consistency = false;  // a benchmark: no extra round trip per collective
   return run_job_ranks(job, argv,
                        [&](Communicator& comm) { return replay_one_rank(comm, flags, options); });
@@ -384,6 +388,7 @@ void add_replay_bench_command(CLI::App& bench, int& exit_code,
                    "Ranks to start on this host; ignored when started by mpirun or with "
                    "RANK/WORLD_SIZE (e.g. by bench/cluster.sh)")
       ->capture_default_str();
+  replay->add_flag("--bind-cores", flags->bind_cores, kBindCoresHelp);
   replay
       ->add_option("--timeout-ms", flags->timeout_ms,
                    "Per-collective timeout; beats FRUGAL_TIMEOUT_MS")
@@ -536,6 +541,7 @@ void add_bench_commands(CLI::App& app, int& exit_code, const std::vector<std::st
                    "Approximate time spent timing each size")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  comm->add_flag("--bind-cores", flags->bind_cores, kBindCoresHelp);
   comm->add_option("--timeout-ms", flags->timeout_ms,
                    "Per-operation timeout; beats FRUGAL_TIMEOUT_MS")
       ->check(positive())

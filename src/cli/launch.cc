@@ -85,6 +85,12 @@ Status run_thread_ranks(int workers, int64_t timeout_ms, bool bind_cores,
 
 }  // namespace
 
+const char* const kBindCoresHelp =
+    "Run each worker on its own share of this host's CPUs (those the job may use, split in "
+    "contiguous runs by the worker's place on the host; with more workers than CPUs, one CPU "
+    "each, spread evenly). Faster where workers would otherwise trade cores and caches; leave it "
+    "off on a machine others share";
+
 std::optional<int> launch_ranks_if_parent(const std::string& backend, int workers,
                                           const std::vector<std::string>& argv) {
   EnvLookup env = process_env();

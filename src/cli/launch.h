@@ -32,6 +32,9 @@ struct RankJob {
   bool bind_cores = false;
 };
 
+// The help text of --bind-cores, which every subcommand that takes --workers shares.
+extern const char* const kBindCoresHelp;
+
 // Runs body(comm) on every rank of `job`: as thread-ranks for "local"; otherwise this process
 // starts the ranks (launch_ranks_if_parent) or is one of them. Returns the exit code for main,
 // after reporting any failure with the failing rank named.

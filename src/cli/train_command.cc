@@ -388,11 +388,7 @@ void add_train_command(CLI::App& app, int& exit_code, const std::vector<std::str
                    "(0: off)")
       ->check(non_negative())
       ->capture_default_str();
-  train->add_flag("--bind-cores", flags->bind_cores,
-                  "Run each worker on its own share of this host's CPUs (those the job may "
-                  "use, split in contiguous runs by the worker's place on the host; with more "
-                  "workers than CPUs, one CPU each, spread evenly). Faster where workers would "
-                  "otherwise trade cores and caches; leave it off on a machine others share");
+  train->add_flag("--bind-cores", flags->bind_cores, kBindCoresHelp);
   train->add_flag("--deterministic", flags->deterministic,
                   "Bit-reproducible runs: fixed fusion buckets (bytes:25) instead of a "
                   "timing-based plan, so a run resumed from a checkpoint follows the same loss "
