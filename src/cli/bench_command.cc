@@ -470,8 +470,8 @@ void add_ckpt_bench_command(CLI::App& bench, int& exit_code) {
   CLI::App* ckpt = bench.add_subcommand(
       "ckpt",
       "Checkpoint cost to training: stall per save (sync vs async, which is frugal train's "
-      "default lazy mode), persist vs the disk's "
-      "write + fsync bandwidth, restore time; the restored state is checked bit for bit");
+      "default lazy mode), persist vs the disk's write + fsync bandwidth, restore time; the "
+      "restored state is checked bit for bit");
   ckpt->add_option("--parameters", flags->parameters,
                    "f32 parameters of the synthetic transformer-like state (e.g. 1e8)")
       ->capture_default_str();

@@ -361,9 +361,9 @@ void add_train_command(CLI::App& app, int& exit_code, const std::vector<std::str
       ->add_option("--fusion", flags->fusion,
                    "Gradient fusion: none (per tensor, WFBP), bytes:MB (Horovod: fuse up to MB, "
                    "then compress the buffer), omgs (fuse, then compress each buffer whole: "
-                   "sparsify-behind), safusion "
-                   "(compress each tensor as it is ready, fuse the payloads; buffers from a "
-                   "profiled cost model), ssfusion (per tensor: compress only where it pays)")
+                   "sparsify-behind), safusion (compress each tensor as it is ready, fuse the "
+                   "payloads; buffers from a profiled cost model), ssfusion (per tensor: "
+                   "compress only where it pays)")
       ->capture_default_str();
   train
       ->add_option("--dense-below", flags->dense_below,
