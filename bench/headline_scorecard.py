@@ -19,9 +19,8 @@ import json
 import os
 import sys
 
-# The claims: a name, the goal's threshold, and the unit the value is shown in.
+# (rate, cluster_compare configuration, baseline, goal as a ratio; None: reported, no goal)
 THROUGHPUT_CLAIMS = [
-    # (rate, config, baseline, goal)
     ("1gbit", "adtopk-safusion", "ddp", 1.8),
     ("1gbit", "adtopk-safusion", "sync-none", 0.9),
     ("1gbit", "ef-adtopk-safusion", "ddp", None),
@@ -52,7 +51,7 @@ def load(path):
         return None
 
 
-def claim(name, measured, goal, shown, ceiling=None, source=""):
+def claim(name, measured, goal, unit, ceiling=None, source=""):
     """One record; measured None means the run is missing or failed. The goal is a lower bound,
     but for a count of tensors, whose goal is 0."""
     if measured is None:
@@ -60,9 +59,9 @@ def claim(name, measured, goal, shown, ceiling=None, source=""):
     elif goal is None:
         verdict = "reported"
     else:
-        met = measured == goal if shown == "tensors" else measured >= goal
+        met = measured == goal if unit == "tensors" else measured >= goal
         verdict = "met" if met else "missed"
-    return {"claim": name, "measured": measured, "goal": goal, "unit": shown,
+    return {"claim": name, "measured": measured, "goal": goal, "unit": unit,
             "ceiling": ceiling, "verdict": verdict, "source": source}
 
 
